@@ -1,0 +1,23 @@
+"""manual_bp: handwritten backpropagation in JAX, every rule verified against autodiff.
+
+The lecture in five lines: C(θ) = Σₙ Cⁿ(θ); ∂C/∂w = ∂z/∂w · ∂C/∂z; the forward pass gives
+∂z/∂w = a; the backward pass gives ∂C/∂z = σ'(z) Σₖ wₖ ∂C/∂z'ₖ from the output layer back; at
+the output layer ∂C/∂z comes from the loss.
+"""
+
+from . import nn, rules
+from ._registry import RULES, Rule, get_rule, register
+from .grad import value_and_grad, value_grad_and_deltas
+
+__all__ = [
+    "RULES",
+    "Rule",
+    "get_rule",
+    "nn",
+    "register",
+    "rules",
+    "value_and_grad",
+    "value_grad_and_deltas",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,296 @@
+"""Layers and networks: stax-style pure functions with named layers; a network is a layer.
+
+Every layer is a :class:`Layer`, a NamedTuple of pure functions:
+
+* ``init(key, input_shape, dtype=float32) -> params``
+* ``forward(params, x) -> (y, tape)``: the forward pass keeps what the backward needs — for a
+  dense layer the input activation ``a``, which is ∂z/∂w;
+* ``backward(params, tape, dy) -> (grads, deltas, dx)``: turns ∂C/∂(output) into the
+  gradients of its own parameters and ∂C/∂(input), which is the previous layer's delta.
+  ``deltas`` maps the names of the layers *inside* it to ∂C/∂(their output).
+* ``output_shape(input_shape) -> shape``.
+
+``kind``, ``config`` and ``children`` describe the layer (what it is and its settings) so that
+other code — the reference implementation, plots, checkpoints — can read a network without
+calling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import require_float, require_ndim
+from ._registry import Rule
+from .rules import activations as _act
+from .rules import linear as _linear
+from .rules import softmax as _softmax
+
+__all__ = [
+    "Dense",
+    "Elu",
+    "Gelu",
+    "Layer",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Relu",
+    "Sigmoid",
+    "Silu",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "check_params",
+    "serial",
+]
+
+Shape = tuple[int, ...]
+Params = Any
+Tape = Any
+
+
+class Layer(NamedTuple):
+    """A layer: its description (``name``, ``kind``, ``config``, ``children``) and its functions.
+
+    ``name`` is ``None`` until a combinator such as :func:`serial` names it, unless given.
+    """
+
+    name: str | None
+    kind: str
+    config: Mapping[str, Any]
+    init: Callable[..., Params]
+    forward: Callable[[Params, Any], tuple[Any, Tape]]
+    backward: Callable[[Params, Tape, Any], tuple[Params, dict[str, Any], Any]]
+    output_shape: Callable[[Shape], Shape]
+    children: tuple[Layer, ...] = ()
+
+
+def _elementwise(kind: str, rule: Rule, name: str | None, **static: Any) -> Layer:
+    """A parameter-free layer that applies one single-input rule; its tape is the residuals."""
+    jax.eval_shape(lambda z: rule.fwd(z, **static), jax.ShapeDtypeStruct((1,), jnp.float32))
+
+    def init(key, input_shape, dtype=jnp.float32):
+        del key, input_shape, dtype
+        return {}
+
+    def forward(params, x):
+        del params
+        return rule.fwd(x, **static)
+
+    def backward(params, tape, dy):
+        del params
+        (dx,) = rule.bwd(tape, dy, **static)
+        return {}, {}, dx
+
+    return Layer(name, kind, dict(static), init, forward, backward, lambda shape: tuple(shape))
+
+
+def Sigmoid(*, name: str | None = None) -> Layer:
+    """a = σ(z) = 1 / (1 + e^{−z})."""
+    return _elementwise("sigmoid", _act.sigmoid, name)
+
+
+def Tanh(*, name: str | None = None) -> Layer:
+    """a = tanh z."""
+    return _elementwise("tanh", _act.tanh, name)
+
+
+def Relu(*, name: str | None = None) -> Layer:
+    """a = max(z, 0), with relu'(0) = 0."""
+    return _elementwise("relu", _act.relu, name)
+
+
+def LeakyRelu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
+    """a = z if z > 0 else s·z."""
+    return _elementwise("leaky_relu", _act.leaky_relu, name, negative_slope=negative_slope)
+
+
+def Elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
+    """a = z if z > 0 else α(e^z − 1)."""
+    return _elementwise("elu", _act.elu, name, alpha=alpha)
+
+
+def Gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
+    """a = z Φ(z), or its tanh approximation."""
+    return _elementwise("gelu", _act.gelu, name, approximate=approximate)
+
+
+def Softplus(*, name: str | None = None) -> Layer:
+    """a = log(1 + e^z)."""
+    return _elementwise("softplus", _act.softplus, name)
+
+
+def Silu(*, name: str | None = None) -> Layer:
+    """a = z σ(z)."""
+    return _elementwise("silu", _act.silu, name)
+
+
+def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """a = softmax(z) along ``axis``."""
+    return _elementwise("softmax", _softmax.softmax, name, axis=axis)
+
+
+def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """a = log softmax(z) along ``axis``."""
+    return _elementwise("log_softmax", _softmax.log_softmax, name, axis=axis)
+
+
+def Dense(
+    features: int,
+    *,
+    w_init: Callable[..., Any] | None = None,
+    name: str | None = None,
+) -> Layer:
+    """z = a W + b over any leading batch dims: the lecture's weighted sum.
+
+    ``params = {"w": (i, o), "b": (o,)}``; ``w`` starts from ``w_init(key, (i, o), dtype)``
+    (default LeCun normal, variance 1/i), ``b`` at zero. The tape is the input activation
+    ``a`` alone: ∂z/∂w = a, and W comes from the parameters in the backward pass.
+    """
+    if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
+        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
+    w_init = w_init or jax.nn.initializers.lecun_normal()
+
+    def init(key, input_shape, dtype=jnp.float32):
+        if len(input_shape) < 1:
+            raise ValueError(f"Dense: input_shape must have rank >= 1, got {tuple(input_shape)}")
+        return {
+            "w": w_init(key, (int(input_shape[-1]), features), dtype),
+            "b": jnp.zeros((features,), dtype),
+        }
+
+    def forward(params, x):
+        z, (a, _) = _linear.dense.fwd(x, params["w"], params["b"])
+        return z, a
+
+    def backward(params, tape, dz):
+        da, dw, db = _linear.dense.bwd((tape, params["w"]), dz)
+        return {"w": dw, "b": db}, {}, da
+
+    def output_shape(input_shape):
+        return (*tuple(input_shape)[:-1], features)
+
+    return Layer(name, "dense", {"features": features}, init, forward, backward, output_shape)
+
+
+def _prefix_errors(name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a ValueError/TypeError it raises gets the layer's name in front."""
+    try:
+        return fn()
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"{name}: {e}") from None
+
+
+def serial(*layers: Layer, name: str | None = None) -> Layer:
+    """Compose layers in order: the output of each is the input of the next.
+
+    Unnamed layers are named ``f"{kind}_{position}"`` (``dense_0``, ``sigmoid_1``, ...).
+    ``params`` is a dict from each layer's name to its params. The backward pass walks the
+    layers in reverse: each receives ∂C/∂(its output) — recorded in ``deltas`` under its name —
+    and hands ∂C/∂(its input) to the layer before it.
+    """
+    if not layers:
+        raise ValueError("serial: needs at least one layer")
+    named = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"serial: argument {i} must be a manual_bp.nn.Layer, got {layer!r}")
+        named.append(layer if layer.name else layer._replace(name=f"{layer.kind}_{i}"))
+    names = [layer.name for layer in named]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"serial: layer names must be unique, repeated: {duplicates}")
+    named = tuple(named)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        params, shape = {}, tuple(input_shape)
+        for layer, k in zip(named, jax.random.split(key, len(named)), strict=True):
+            params[layer.name] = layer.init(k, shape, dtype)
+            shape = layer.output_shape(shape)
+        return params
+
+    def forward(params, x):
+        tape = []
+        for layer in named:
+            x, t = _prefix_errors(
+                layer.name, lambda x=x, layer=layer: layer.forward(params[layer.name], x)
+            )
+            tape.append(t)  # the forward pass keeps every activation
+        return x, tuple(tape)
+
+    def backward(params, tape, dy):
+        grads, deltas_reversed = {}, []
+        for layer, t in zip(reversed(named), reversed(tape), strict=True):
+            deltas_reversed.append((layer.name, dy))  # ∂C/∂(this layer's output)
+            g, inner, dy = layer.backward(params[layer.name], t, dy)  # dy ← ∂C/∂(its input)
+            grads[layer.name] = g
+            deltas_reversed.extend(
+                (f"{layer.name}/{k}", v) for k, v in reversed(list(inner.items()))
+            )
+        grads = {layer.name: grads[layer.name] for layer in named}
+        return grads, dict(reversed(deltas_reversed)), dy
+
+    def output_shape(input_shape):
+        shape = tuple(input_shape)
+        for layer in named:
+            shape = layer.output_shape(shape)
+        return shape
+
+    return Layer(name, "serial", {}, init, forward, backward, output_shape, named)
+
+
+def _describe(x: Any) -> str:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"array of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+def check_params(net: Layer, params: Params, input_shape: Sequence[int]) -> None:
+    """Check that ``params`` has the structure, shapes and float dtypes ``net`` expects.
+
+    The expected tree is what ``net.init`` builds for ``input_shape`` (computed abstractly,
+    without allocating). Raises ValueError/TypeError naming the first mismatching path.
+    """
+    if not isinstance(net, Layer):
+        raise TypeError(f"expected a manual_bp.nn.Layer, got {type(net).__name__}")
+    expected = jax.eval_shape(
+        lambda k: net.init(k, tuple(input_shape)), jax.ShapeDtypeStruct((2,), jnp.uint32)
+    )
+    where = f"for an input of shape {tuple(input_shape)}"
+
+    def walk(exp, got, path):
+        if isinstance(exp, Mapping):
+            if not isinstance(got, Mapping):
+                raise TypeError(
+                    f"{path}: expected a dict with keys {sorted(exp)}, got {_describe(got)}"
+                )
+            missing = sorted(set(exp) - set(got))
+            extra = sorted(set(got) - set(exp))
+            if missing or extra:
+                raise ValueError(
+                    f"{path}: keys do not match the network: missing {missing}, unexpected {extra}"
+                )
+            for k in exp:
+                walk(exp[k], got[k], f"{path}[{k!r}]")
+            return
+        if not hasattr(got, "shape") or not hasattr(got, "dtype"):
+            raise TypeError(f"{path}: expected an array of shape {exp.shape}, got {_describe(got)}")
+        if tuple(got.shape) != tuple(exp.shape):
+            raise ValueError(
+                f"{path}: expected shape {tuple(exp.shape)} {where}, got {tuple(got.shape)}"
+            )
+        if not jnp.issubdtype(got.dtype, jnp.floating):
+            raise TypeError(f"{path}: expected a floating dtype, got {got.dtype}")
+
+    walk(expected, params, "params")
+
+
+def check_input(net: Layer, x: Any) -> None:
+    """Check that ``x`` is a floating array of rank >= 1 (the rules check the rest)."""
+    op = net.name or net.kind
+    require_float(op, "x", x)
+    require_ndim(op, "x", x, at_least=1)

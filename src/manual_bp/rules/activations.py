@@ -1,0 +1,173 @@
+"""Elementwise activations a = σ(z) and their derivatives σ'(z), the lecture's amplifiers.
+
+Every backward here is ``dz = g · σ'(z)``; each docstring gives σ'. Piecewise forms use a
+double ``where`` so the branch not taken never produces an inf or NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import require_float
+from .._registry import register
+
+__all__ = ["elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
+
+_SQRT_2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _require_real(op: str, arg: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{op}: {arg} must be a Python real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _sigmoid_fwd(z):
+    """a = 1 / (1 + e^{-z}); the residual is a itself."""
+    require_float("sigmoid", "z", z)
+    a = lax.logistic(z)
+    return a, (a,)
+
+
+def _sigmoid_bwd(res, g):
+    """σ'(z) = a (1 − a)."""
+    (a,) = res
+    return (g * a * (1 - a),)
+
+
+sigmoid = register("sigmoid", _sigmoid_fwd, _sigmoid_bwd)
+
+
+def _tanh_fwd(z):
+    """a = tanh z; the residual is a."""
+    require_float("tanh", "z", z)
+    a = jnp.tanh(z)
+    return a, (a,)
+
+
+def _tanh_bwd(res, g):
+    """tanh'(z) = 1 − a²."""
+    (a,) = res
+    return (g * (1 - a * a),)
+
+
+tanh = register("tanh", _tanh_fwd, _tanh_bwd)
+
+
+def _relu_fwd(z):
+    """a = max(z, 0); the residual is a (a > 0 exactly where z > 0)."""
+    require_float("relu", "z", z)
+    a = jnp.where(z > 0, z, 0)
+    return a, (a,)
+
+
+def _relu_bwd(res, g):
+    """relu'(z) = 1 if z > 0 else 0 (convention: relu'(0) = 0)."""
+    (a,) = res
+    return (jnp.where(a > 0, g, 0),)
+
+
+relu = register("relu", _relu_fwd, _relu_bwd)
+
+
+def _leaky_relu_fwd(z, *, negative_slope=0.01):
+    """a = z if z > 0 else s·z, s = ``negative_slope``; the residual is the mask z > 0."""
+    require_float("leaky_relu", "z", z)
+    s = _require_real("leaky_relu", "negative_slope", negative_slope)
+    positive = z > 0
+    return jnp.where(positive, z, s * z), (positive,)
+
+
+def _leaky_relu_bwd(res, g, *, negative_slope=0.01):
+    """leaky_relu'(z) = 1 if z > 0 else s (convention: leaky_relu'(0) = s, the left side)."""
+    (positive,) = res
+    return (jnp.where(positive, g, negative_slope * g),)
+
+
+leaky_relu = register("leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd)
+
+
+def _elu_fwd(z, *, alpha=1.0):
+    """a = z if z > 0 else α(e^z − 1); the residual is z (α e^z stays exact for z ≪ 0)."""
+    require_float("elu", "z", z)
+    alpha = _require_real("elu", "alpha", alpha)
+    if alpha <= 0:
+        raise ValueError(f"elu: alpha must be > 0, got {alpha}")
+    positive = z > 0
+    a = jnp.where(positive, z, alpha * jnp.expm1(jnp.where(positive, 0, z)))
+    return a, (z,)
+
+
+def _elu_bwd(res, g, *, alpha=1.0):
+    """elu'(z) = 1 if z > 0 else α e^z (convention: elu'(0) = α, the left side)."""
+    (z,) = res
+    positive = z > 0
+    return (jnp.where(positive, g, g * alpha * jnp.exp(jnp.where(positive, 0, z))),)
+
+
+elu = register("elu", _elu_fwd, _elu_bwd)
+
+
+def _gelu_fwd(z, *, approximate=False):
+    """a = z Φ(z) (exact), or a = ½ z (1 + tanh(√(2/π)(z + 0.044715 z³))) (approximate)."""
+    require_float("gelu", "z", z)
+    if not isinstance(approximate, bool):
+        raise TypeError(f"gelu: approximate must be a bool, got {type(approximate).__name__}")
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z))
+        return 0.5 * z * (1 + t), (z,)
+    return z * (0.5 * lax.erfc(-z / _SQRT_2)), (z,)
+
+
+def _gelu_bwd(res, g, *, approximate=False):
+    """gelu'(z) = Φ(z) + z φ(z) (exact);  ½(1 + t) + ½ z (1 − t²) √(2/π)(1 + 3·0.044715 z²)."""
+    (z,) = res
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * z * z)
+        return (g * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du),)
+    cdf = 0.5 * lax.erfc(-z / _SQRT_2)
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    return (g * (cdf + z * pdf),)
+
+
+gelu = register("gelu", _gelu_fwd, _gelu_bwd)
+
+
+def _softplus_fwd(z):
+    """a = log(1 + e^z), computed as logaddexp(z, 0); the residual is z."""
+    require_float("softplus", "z", z)
+    return jnp.logaddexp(z, 0), (z,)
+
+
+def _softplus_bwd(res, g):
+    """softplus'(z) = σ(z)."""
+    (z,) = res
+    return (g * lax.logistic(z),)
+
+
+softplus = register("softplus", _softplus_fwd, _softplus_bwd)
+
+
+def _silu_fwd(z):
+    """a = z σ(z); the residual is z."""
+    require_float("silu", "z", z)
+    return z * lax.logistic(z), (z,)
+
+
+def _silu_bwd(res, g):
+    """silu'(z) = σ(z) (1 + z (1 − σ(z)))."""
+    (z,) = res
+    s = lax.logistic(z)
+    return (g * s * (1 + z * (1 - s)),)
+
+
+silu = register("silu", _silu_fwd, _silu_bwd)

@@ -1,0 +1,75 @@
+"""Normalizations along one axis: ``softmax``, ``log_softmax`` and ``logsumexp``.
+
+All three shift by the (gradient-free) maximum before exponentiating, so |z| ≈ 1e3 stays finite,
+and masked entries z = −inf get probability 0.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import normalize_axis, require_float
+from .._registry import register
+
+__all__ = ["log_softmax", "logsumexp", "softmax"]
+
+
+def _shifted(op, z, axis):
+    """z − max(z) along ``axis`` (keepdims), the max treated as a constant (it cancels)."""
+    require_float(op, "z", z)
+    axis = normalize_axis(op, axis, z.ndim)
+    m = lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    return z - m, m, axis
+
+
+def _softmax_fwd(z, *, axis=-1):
+    """p_i = e^{z_i} / Σ_j e^{z_j} along ``axis``; the residual is p."""
+    s, _, axis = _shifted("softmax", z, axis)
+    e = jnp.exp(s)
+    p = e / jnp.sum(e, axis=axis, keepdims=True)
+    return p, (p,)
+
+
+def _softmax_bwd(res, g, *, axis=-1):
+    """dz_i = p_i (g_i − Σ_j p_j g_j)."""
+    (p,) = res
+    return (p * (g - jnp.sum(p * g, axis=axis, keepdims=True)),)
+
+
+softmax = register("softmax", _softmax_fwd, _softmax_bwd)
+
+
+def _log_softmax_fwd(z, *, axis=-1):
+    """y_i = z_i − logsumexp(z) along ``axis``; the residual is y."""
+    s, _, axis = _shifted("log_softmax", z, axis)
+    y = s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+    return y, (y,)
+
+
+def _log_softmax_bwd(res, g, *, axis=-1):
+    """dz_i = g_i − e^{y_i} Σ_j g_j."""
+    (y,) = res
+    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+log_softmax = register("log_softmax", _log_softmax_fwd, _log_softmax_bwd)
+
+
+def _logsumexp_fwd(z, *, axis=-1):
+    """L = log Σ_i e^{z_i} along ``axis`` (the axis is removed); the residual is p = e^{z − L}."""
+    s, m, axis = _shifted("logsumexp", z, axis)
+    log_sum = jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+    p = jnp.exp(s - log_sum)
+    return jnp.squeeze(log_sum + m, axis=axis), (p,)
+
+
+def _logsumexp_bwd(res, g, *, axis=-1):
+    """dz_i = g p_i, p = softmax(z)."""
+    (p,) = res
+    axis = axis % p.ndim
+    return (jnp.expand_dims(g, axis) * p,)
+
+
+logsumexp = register("logsumexp", _logsumexp_fwd, _logsumexp_bwd)
