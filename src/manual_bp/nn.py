@@ -27,7 +27,8 @@ from ._checks import require_float, require_ndim
 from ._registry import Rule
 from .rules import activations as _act
 from .rules import linear as _linear
-from .rules import softmax as _softmax
+from .rules.softmax import log_softmax as _log_softmax_rule
+from .rules.softmax import softmax as _softmax_rule
 
 __all__ = [
     "Dense",
@@ -129,12 +130,12 @@ def Silu(*, name: str | None = None) -> Layer:
 
 def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """a = softmax(z) along ``axis``."""
-    return _elementwise("softmax", _softmax.softmax, name, axis=axis)
+    return _elementwise("softmax", _softmax_rule, name, axis=axis)
 
 
 def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """a = log softmax(z) along ``axis``."""
-    return _elementwise("log_softmax", _softmax.log_softmax, name, axis=axis)
+    return _elementwise("log_softmax", _log_softmax_rule, name, axis=axis)
 
 
 def Dense(

@@ -1,0 +1,59 @@
+"""Comparison helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import zlib
+
+import jax.numpy as jnp
+import numpy as np
+
+# rtol, and atol as a fraction of the largest expected magnitude, per dtype.
+TOL = {
+    np.dtype(jnp.float64): 1e-10,
+    np.dtype(jnp.float32): 2e-5,
+    np.dtype(jnp.bfloat16): 2e-2,
+}
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded from the test case's identity, so every case draws its own values."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def random_cotangent(rng: np.random.Generator, like) -> jnp.ndarray:
+    """A standard-normal cotangent (never ones) with the shape and dtype of ``like``."""
+    ct = jnp.asarray(rng.standard_normal(np.shape(like)) + 0.1, like.dtype)
+    assert not bool(jnp.all(ct == 1)), "a cotangent of ones checks nothing"
+    return ct
+
+
+def assert_close(
+    actual, expected, dtype, what: str, tol: float | None = None, scale_floor: float = 0.0
+) -> None:
+    """Elementwise |a − e| <= tol·|e| + tol·max(max|e|, scale_floor), equal inf/NaN patterns.
+
+    ``scale_floor`` is the size of the terms the result was computed from (for a backward,
+    the largest cotangent entry): a result that cancels to nearly zero, such as a softmax
+    gradient, carries rounding error on that scale, not on its own.
+    """
+    tol = TOL[np.dtype(dtype)] if tol is None else tol
+    a = np.atleast_1d(np.asarray(jnp.asarray(actual, jnp.float64)))
+    e = np.atleast_1d(np.asarray(jnp.asarray(expected, jnp.float64)))
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
+    finite = np.isfinite(e)
+    np.testing.assert_array_equal(np.isfinite(a), finite, err_msg=f"{what}: finite pattern")
+    np.testing.assert_array_equal(a[~finite], e[~finite], err_msg=f"{what}: non-finite values")
+    if not finite.any():
+        return
+    scale = max(float(np.max(np.abs(e[finite]))), scale_floor, np.finfo(np.float64).tiny)
+    err = np.abs(a - e)
+    err[~finite] = 0
+    bound = tol * np.abs(e) + tol * scale
+    bad = err > bound
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(finite, err - bound, -np.inf)), a.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {a.size} elements differ beyond tol={tol}; worst at "
+            f"{tuple(int(j) for j in i)}: got {a[i]!r}, expected {e[i]!r} "
+            f"(max abs err {float(err.max()):.3g}, scale {scale:.3g})"
+        )

@@ -1,0 +1,315 @@
+"""Training loop, digits data and the ``manual-bp train`` command."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import reference
+from manual_bp import nn
+from manual_bp.cli import main
+from manual_bp.data import Dataset, load_digits
+from manual_bp.rules import softmax_cross_entropy
+from manual_bp.train import fit, mlp, verify_gradients
+
+LOSS = "softmax_cross_entropy"
+SHORT = {"epochs": 3, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_digits(seed=0)
+
+
+def _net_and_params(hidden=(16,), seed=0, num_classes=10):
+    net = mlp(hidden, num_classes, "tanh")
+    params = net.init(jax.random.key(seed), (64,), jnp.float32)
+    return net, params
+
+
+def _short_fit(digits, grad_fn=None, seed=0):
+    net, params = _net_and_params(seed=seed)
+    return fit(
+        net,
+        LOSS,
+        params,
+        digits,
+        optimizer=optax.adam(1e-2),
+        key=jax.random.key(seed + 1),
+        grad_fn=grad_fn,
+        **SHORT,
+    )
+
+
+@pytest.fixture(scope="module")
+def short_run(digits):
+    return _short_fit(digits)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def test_load_digits_split_and_normalization(digits):
+    n_train, n_test = len(digits.y_train), len(digits.y_test)
+    assert (n_train, n_test) == (1437, 360)
+    assert digits.x_train.shape == (n_train, 64) and digits.x_test.shape == (n_test, 64)
+    assert digits.x_train.dtype == np.float32 and digits.x_test.dtype == np.float32
+    assert digits.y_train.dtype == np.int32 and digits.y_test.dtype == np.int32
+    assert (digits.num_classes, digits.name) == (10, "digits")
+    # stratified: every class in the test split in proportion to the whole
+    counts = np.bincount(digits.y_test, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37
+    # standardized with the training split's statistics only
+    np.testing.assert_allclose(digits.x_train.mean(axis=0), 0.0, atol=1e-5)
+    assert np.all(digits.x_train.std(axis=0) <= 1.0 + 1e-5)
+    assert np.all(np.isfinite(digits.x_test)) and np.abs(digits.x_test).max() < 100
+
+
+def test_load_digits_is_deterministic_by_seed(digits):
+    again, other = load_digits(seed=0), load_digits(seed=1)
+    np.testing.assert_array_equal(again.x_train, digits.x_train)
+    np.testing.assert_array_equal(again.y_test, digits.y_test)
+    assert not np.array_equal(other.y_train, digits.y_train)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seed": -1}, "seed must be a non-negative int"),
+        ({"seed": 1.5}, "seed must be a non-negative int"),
+        ({"test_fraction": 0.0}, r"test_fraction must be a number in \(0, 1\)"),
+        ({"test_fraction": 1.0}, r"test_fraction must be a number in \(0, 1\)"),
+        ({"test_fraction": 0.001}, "at least 10"),
+    ],
+)
+def test_load_digits_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_digits(**kwargs)
+
+
+# --- mlp ----------------------------------------------------------------------------------
+
+
+def test_mlp_structure():
+    net = mlp((32, 16), 10, "gelu")
+    assert [layer.name for layer in net.children] == [
+        "dense_0",
+        "gelu_1",
+        "dense_2",
+        "gelu_3",
+        "dense_4",
+    ]
+    params = net.init(jax.random.key(0), (64,), jnp.float32)
+    assert params["dense_4"]["w"].shape == (16, 10)
+    assert params["dense_0"]["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (((16,), 10, "swish"), ValueError, "unknown activation 'swish'; choose one of: sigmoid"),
+        (((0,), 10), ValueError, "hidden sizes must be positive ints"),
+        (("16", 10), TypeError, "hidden must be a sequence of ints"),
+        (((16,), 0), ValueError, "num_classes must be a positive int"),
+    ],
+)
+def test_mlp_rejects_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        mlp(*args)
+
+
+# --- fit ----------------------------------------------------------------------------------
+
+
+def test_fit_improves_test_loss(digits, short_run):
+    net, params = _net_and_params()
+    out, _ = net.forward(params, jnp.asarray(digits.x_test))
+    initial = float(softmax_cross_entropy(out, jnp.asarray(digits.y_test)))
+    _, history = short_run
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert set(history[0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
+    losses = [h["test_loss"] for h in history]
+    assert losses[-1] < losses[0] < initial
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.8
+
+
+def test_fit_is_deterministic(digits, short_run):
+    params, history = short_run
+    again, history_again = _short_fit(digits)
+    assert jax.tree.structure(again) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in history_again]
+
+
+def test_fit_manual_and_reference_gradients_train_alike(digits, short_run):
+    _, manual = short_run
+    _, ref = _short_fit(digits, grad_fn=reference.value_and_grad)
+    for m, r in zip(manual, ref, strict=True):
+        assert m["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
+        assert m["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
+        assert m["test_accuracy"] == pytest.approx(r["test_accuracy"], abs=1.5 / 360)
+
+
+def test_fit_rejects_batch_larger_than_training_set(digits):
+    net, params = _net_and_params()
+    with pytest.raises(ValueError, match=r"batch_size 5000 is larger than the training set \(1437"):
+        fit(
+            net,
+            LOSS,
+            params,
+            digits,
+            optimizer=optax.adam(1e-3),
+            epochs=1,
+            batch_size=5000,
+            key=jax.random.key(0),
+        )
+
+
+@pytest.mark.parametrize(
+    ("epochs", "batch_size", "match"),
+    [(-1, 8, "epochs must be a non-negative int"), (1, 0, "batch_size must be a positive int")],
+)
+def test_fit_rejects_bad_counts(digits, epochs, batch_size, match):
+    net, params = _net_and_params()
+    with pytest.raises(ValueError, match=match):
+        fit(
+            net,
+            LOSS,
+            params,
+            digits,
+            optimizer=optax.adam(1e-3),
+            epochs=epochs,
+            batch_size=batch_size,
+            key=jax.random.key(0),
+        )
+
+
+# --- verify_gradients ---------------------------------------------------------------------
+
+
+def test_verify_gradients_agrees_and_catches_a_wrong_backward(digits):
+    net, params = _net_and_params()
+    x, y = jnp.asarray(digits.x_train[:32]), jnp.asarray(digits.y_train[:32])
+    good = verify_gradients(net, LOSS, params, x, y)
+    assert good["ok"] and good["max_rel_error"] < 1e-4 and good["dtype"] == "float32"
+    assert good["num_compared"] == 1 + 4 + 3  # loss, (w, b) x 2, 3 layer deltas
+
+    dense = net.children[0]
+
+    def off_by_two_percent(p, tape, dz):
+        grads, deltas, dx = dense.backward(p, tape, dz)
+        return {"w": 1.02 * grads["w"], "b": grads["b"]}, deltas, dx
+
+    broken = nn.serial(dense._replace(backward=off_by_two_percent), *net.children[1:])
+    bad = verify_gradients(broken, LOSS, params, x, y)
+    assert not bad["ok"]
+    assert bad["worst"] == "grads/dense_0/w"
+    assert bad["max_rel_error"] == pytest.approx(0.02, rel=1e-3)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+        (["train", "--batch-size", "-4"], "argument --batch-size"),
+        (["train", "--lr", "0"], "argument --lr: expected a positive number"),
+        (["train", "--lr", "nan"], "argument --lr: expected a positive number"),
+        (["train", "--hidden", "128,x"], "argument --hidden: expected comma-separated"),
+        (["train", "--hidden", ""], "argument --hidden"),
+        (["train", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice"),
+        (["train", "--batch-size", "100000"], "100000 is larger than the training set (1437"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in (
+        "--hidden",
+        "--activation",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--seed",
+        "--grad",
+    ):
+        assert option in out
+
+
+def test_cli_short_run_with_reference_gradients(capsys):
+    argv = [
+        "train",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--grad",
+        "reference",
+        "--optimizer",
+        "momentum",
+        "--lr",
+        "0.05",
+        "--seed",
+        "3",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"gradient check.*: ok$", out, re.MULTILINE)
+    assert "gradients: reference" in out
+    assert re.search(r"^epoch 2/2 ", out, re.MULTILINE)
+    assert "final test accuracy" in out
+
+
+@pytest.mark.slow
+def test_cli_defaults_reach_97_percent(capsys):
+    assert main(["train"]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^epoch +\d+/30 ", out, re.MULTILINE)) == 30
+    accuracy = float(re.search(r"final test accuracy ([\d.]+)%", out).group(1))
+    assert accuracy >= 97.0
+
+
+def test_cli_exits_1_when_the_gradient_check_fails(capsys, monkeypatch):
+    import manual_bp.train
+
+    failed = {
+        "loss": 2.3,
+        "max_abs_error": 0.5,
+        "max_rel_error": 0.1,
+        "worst": "grads/dense_0/w",
+        "num_compared": 8,
+        "dtype": "float32",
+        "tolerance": 1e-4,
+        "ok": False,
+    }
+    monkeypatch.setattr(manual_bp.train, "verify_gradients", lambda *args: failed)
+    assert main(["train", "--hidden", "8"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED (worst: grads/dense_0/w)" in captured.out
+    assert "train loss" not in captured.out
+    assert "disagree with jax.grad" in captured.err
