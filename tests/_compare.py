@@ -46,8 +46,7 @@ def assert_close(
     if not finite.any():
         return
     scale = max(float(np.max(np.abs(e[finite]))), scale_floor, np.finfo(np.float64).tiny)
-    err = np.abs(a - e)
-    err[~finite] = 0
+    err = np.abs(np.where(finite, a, 0) - np.where(finite, e, 0))
     bound = tol * np.abs(e) + tol * scale
     bad = err > bound
     if bad.any():
