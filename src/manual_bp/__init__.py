@@ -8,10 +8,22 @@ the output layer ∂C/∂z comes from the loss.
 from . import nn, rules
 from ._registry import RULES, Rule, get_rule, register
 from .grad import value_and_grad, value_grad_and_deltas
+from .verify import (
+    NetworkReport,
+    RuleReport,
+    assert_rule_correct,
+    check_network,
+    check_rule,
+)
 
 __all__ = [
     "RULES",
+    "NetworkReport",
     "Rule",
+    "RuleReport",
+    "assert_rule_correct",
+    "check_network",
+    "check_rule",
     "get_rule",
     "nn",
     "register",

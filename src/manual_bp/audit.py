@@ -1,0 +1,171 @@
+"""The full audit behind ``manual-bp verify``: every registered rule in every dtype of the audit
+table, and the bundled networks, checked with :mod:`manual_bp.verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import nn
+from ._registry import RULES
+from .audit_table import ROWS
+from .verify import check_network, check_rule
+
+__all__ = ["NETWORKS", "audit", "write_json"]
+
+
+def _mlp(act: Callable[[], nn.Layer], depth: int = 2) -> nn.Layer:
+    layers: list[nn.Layer] = []
+    for _ in range(depth):
+        layers += [nn.Dense(6), act()]
+    return nn.serial(*layers, nn.Dense(3))
+
+
+NETWORKS: dict[str, tuple[Callable[[], nn.Layer], str]] = {
+    "mlp-sigmoid-deep": (lambda: _mlp(nn.Sigmoid, 4), "mse"),
+    "mlp-tanh": (lambda: _mlp(nn.Tanh), "softmax_cross_entropy"),
+    "mlp-relu": (lambda: _mlp(nn.Relu), "softmax_cross_entropy"),
+    "mlp-gelu": (lambda: _mlp(nn.Gelu), "sigmoid_binary_cross_entropy"),
+    "nested": (
+        lambda: nn.serial(
+            nn.Dense(6), nn.Silu(), nn.serial(nn.Dense(5), nn.Elu(), name="block"), nn.Dense(3)
+        ),
+        "softmax_cross_entropy",
+    ),
+}
+"""Bundled networks audited against the reference: (constructor, loss)."""
+
+
+def _seed(*key: Any) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _targets(loss: str, rng: np.random.Generator, n: int, dtype: Any) -> Any:
+    if loss == "softmax_cross_entropy":
+        return jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+    if loss == "sigmoid_binary_cross_entropy":
+        return jnp.asarray(rng.uniform(size=(n, 3)), dtype)
+    return jnp.asarray(rng.standard_normal((n, 3)), dtype)
+
+
+def audit(
+    rules: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    networks: bool = True,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Check rules (every table row, shape and domain) and networks; one result per
+    (row, dtype) and per (network, dtype). Runs with float64 enabled."""
+    unknown = sorted(set(rules or ()) - set(RULES))
+    if unknown:
+        raise ValueError(f"verify: unknown rule(s) {unknown}; registered: {sorted(RULES)}")
+    results = []
+    with jax.enable_x64(True):
+        for row in ROWS:
+            if rules and row.rule not in rules:
+                continue
+            for dtype in row.dtypes:
+                name = np.dtype(dtype).name
+                if dtypes and name not in dtypes:
+                    continue
+                start = time.perf_counter()
+                worst = {"max_abs": 0.0, "max_rel": 0.0, "max_ulp": 0.0}
+                problems: list[str] = []
+                ok, checks = True, 0
+                for shape in row.shapes:
+                    for domain in row.domains():
+                        if domain == "extreme" and name == "bfloat16":
+                            continue
+                        primals = row.make(_seed(row.id, shape, name, domain), shape, dtype, domain)
+                        report = check_rule(
+                            RULES[row.rule],
+                            *primals,
+                            num_cotangents=2,
+                            finite_differences=name == "float64" and domain == "normal",
+                            **row.static,
+                        )
+                        checks += 1
+                        ok = ok and report.ok
+                        for c in report.comparisons:
+                            if c.against.startswith("finite"):
+                                continue
+                            for k in worst:
+                                worst[k] = max(worst[k], getattr(c, k))
+                        problems += [f"{shape} {domain}: {d}" for d in report.diagnoses]
+                result = {
+                    "kind": "rule",
+                    "name": row.id,
+                    "rule": row.rule,
+                    "dtype": name,
+                    "checks": checks,
+                    **worst,
+                    "ok": ok,
+                    "diagnoses": problems,
+                    "seconds": time.perf_counter() - start,
+                }
+                results.append(result)
+                if progress:
+                    progress(result)
+        if networks and not rules:
+            for net_name, (make, loss) in NETWORKS.items():
+                for dtype in (jnp.float64, jnp.float32):
+                    name = np.dtype(dtype).name
+                    if dtypes and name not in dtypes:
+                        continue
+                    start = time.perf_counter()
+                    rng = _seed(net_name, name)
+                    net = make()
+                    x = jnp.asarray(rng.standard_normal((8, 4)), dtype)
+                    params = net.init(jax.random.key(0), x.shape, dtype)
+                    report = check_network(net, loss, params, x, _targets(loss, rng, 8, dtype))
+                    worst_rel = max(lc.delta_max_rel for lc in report.layers)
+                    result = {
+                        "kind": "network",
+                        "name": net_name,
+                        "rule": loss,
+                        "dtype": name,
+                        "checks": len(report.layers),
+                        "max_abs": report.loss_error,
+                        "max_rel": worst_rel,
+                        "max_ulp": float("nan"),
+                        "ok": report.ok,
+                        "diagnoses": []
+                        if report.ok
+                        else [
+                            f"first divergent delta {report.first_divergent!r} "
+                            f"(from the backward of {report.culprit!r})"
+                        ],
+                        "seconds": time.perf_counter() - start,
+                    }
+                    results.append(result)
+                    if progress:
+                        progress(result)
+    return results
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--json: {path} is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"--json: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
