@@ -145,9 +145,8 @@ def _ulp(e: np.ndarray, dtype: Any, scale: float) -> np.ndarray:
 def _compare(a, e, dtype, tol, floor, primal, against, exclude=None) -> Comparison:
     """Compare arrays a (got) and e (expected), both float64 numpy of one shape."""
     finite = np.isfinite(e) & np.isfinite(a)
-    same_nonfinite = np.array_equal(np.isfinite(a), np.isfinite(e)) and np.array_equal(
-        a[~np.isfinite(e)], e[~np.isfinite(e)]
-    )
+    pattern = (np.isfinite(a) != np.isfinite(e)) | (~np.isfinite(e) & (a != e))
+    same_nonfinite = not pattern.any()
     mask = finite if exclude is None else finite & ~exclude
     err = np.where(mask, np.abs(np.where(finite, a, 0) - np.where(finite, e, 0)), 0)
     scale = max(float(np.max(np.abs(np.where(finite, e, 0)), initial=0)), floor, 1e-300)
@@ -165,7 +164,12 @@ def _compare(a, e, dtype, tol, floor, primal, against, exclude=None) -> Comparis
         max_ulp=float(ulp.max(initial=0)),
         worst_index=tuple(int(j) for j in i),
         ok=bool(not bad.any() and same_nonfinite),
-        note="" if same_nonfinite else "inf/NaN pattern differs",
+        note=""
+        if same_nonfinite
+        else (
+            f"inf/NaN differs at {int(pattern.sum())} element(s), first at "
+            f"{tuple(int(j) for j in np.argwhere(pattern)[0])}"
+        ),
     )
 
 
