@@ -7,6 +7,7 @@ the output layer ∂C/∂z comes from the loss.
 
 from . import nn, rules
 from ._registry import RULES, Rule, get_rule, register
+from .adapter import as_custom_vjp
 from .grad import value_and_grad, value_grad_and_deltas
 from .verify import (
     NetworkReport,
@@ -21,6 +22,7 @@ __all__ = [
     "NetworkReport",
     "Rule",
     "RuleReport",
+    "as_custom_vjp",
     "assert_rule_correct",
     "check_network",
     "check_rule",
