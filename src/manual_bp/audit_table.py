@@ -181,3 +181,15 @@ ROWS: tuple[Row, ...] = (
     ),
     Row("sigmoid_binary_cross_entropy", bce_args, ((6,), (4, 3)), diff=(0, 1)),
 )
+
+
+# ---- convolution and pooling (rules/conv.py) ------------------------------------------------
+CONV_ROWS: tuple[Row, ...] = ()
+
+# ---- recurrent networks (rules/recurrent.py) ------------------------------------------------
+RECURRENT_ROWS: tuple[Row, ...] = ()
+
+# ---- normalization, embedding and attention (rules/normalization.py, rules/attention.py) ----
+TRANSFORMER_ROWS: tuple[Row, ...] = ()
+
+ROWS = ROWS + CONV_ROWS + RECURRENT_ROWS + TRANSFORMER_ROWS

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import require_float, require_ndim
+from ._checks import require_array, require_ndim
 from ._registry import Rule
 from .rules import activations as _act
 from .rules import linear as _linear
@@ -291,7 +291,17 @@ def check_params(net: Layer, params: Params, input_shape: Sequence[int]) -> None
 
 
 def check_input(net: Layer, x: Any) -> None:
-    """Check that ``x`` is a floating array of rank >= 1 (the rules check the rest)."""
+    """Check that ``x`` is an array of rank >= 1; the first layer's rule checks its dtype
+    (floating for most layers, integer ids for an embedding)."""
     op = net.name or net.kind
-    require_float(op, "x", x)
+    require_array(op, "x", x)
     require_ndim(op, "x", x, at_least=1)
+
+
+# ---- layer families: each module lists its public layers in __all__ ------------------------
+from . import _nn_conv, _nn_recurrent, _nn_transformer  # noqa: E402
+from ._nn_conv import *  # noqa: E402, F403
+from ._nn_recurrent import *  # noqa: E402, F403
+from ._nn_transformer import *  # noqa: E402, F403
+
+__all__ += _nn_conv.__all__ + _nn_recurrent.__all__ + _nn_transformer.__all__

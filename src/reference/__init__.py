@@ -3,7 +3,14 @@ lax and optax, differentiated by ``jax.grad`` only. It never calls manual_bp's c
 a network's description (layer kinds, settings and names).
 """
 
-from .networks import forward, layer_outputs, value_and_grad, value_grad_and_deltas
+from .networks import LAYER_FORWARD, forward, layer_outputs, value_and_grad, value_grad_and_deltas
 from .ops import FORWARD
 
-__all__ = ["FORWARD", "forward", "layer_outputs", "value_and_grad", "value_grad_and_deltas"]
+__all__ = [
+    "FORWARD",
+    "LAYER_FORWARD",
+    "forward",
+    "layer_outputs",
+    "value_and_grad",
+    "value_grad_and_deltas",
+]

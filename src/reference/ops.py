@@ -80,3 +80,10 @@ FORWARD = {
     "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
 }
 """Reference forward of every op, by the name manual_bp registers its rule under."""
+
+
+# ---- families -------------------------------------------------------------------------------
+from . import conv, recurrent, transformer  # noqa: E402
+
+for _family in (conv, recurrent, transformer):
+    FORWARD.update(_family.FORWARD)

@@ -1,4 +1,7 @@
-"""Every handwritten rule; importing this package fills :data:`manual_bp.RULES`."""
+"""Every handwritten rule; importing this package fills :data:`manual_bp.RULES`.
+
+Each family module registers its rules on import; the imports below are the whole list.
+"""
 
 from .activations import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from .linear import dense, matmul
