@@ -21,6 +21,12 @@ LOSS = "softmax_cross_entropy"
 SHORT = {"epochs": 3, "batch_size": 64}
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """CLI runs write their outputs (runs/...) under a temporary folder, never the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return load_digits(seed=0)

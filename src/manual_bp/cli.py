@@ -116,6 +116,25 @@ def _parser() -> argparse.ArgumentParser:
         help="which backward computes the training gradients: the handwritten one, or "
         "jax.grad of the reference network",
     )
+    train.add_argument(
+        "--out",
+        default="runs/digits-mlp",
+        metavar="DIR",
+        help="folder for checkpoint.npz (written every epoch), metrics.jsonl and the PNG plots",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoint.npz up to --epochs; bit-identical to an "
+        "uninterrupted run with the same settings",
+    )
+    train.add_argument(
+        "--verify-every",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="also check the gradients against jax.grad every N epochs (0: first step only)",
+    )
     verify = sub.add_parser(
         "verify",
         help="audit every registered rule in every dtype, and the bundled networks",
@@ -192,17 +211,40 @@ def _optimizer(name: str, lr: float):
     return optax.adam(lr)
 
 
+_RESUME_KEYS = (
+    "model",
+    "dataset",
+    "hidden",
+    "activation",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "seed",
+    "grad",
+)
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
     import jax
     import jax.numpy as jnp
 
     import reference
 
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .data import load_digits
-    from .grad import value_and_grad
+    from .grad import value_and_grad, value_grad_and_deltas
+    from .report import layer_norms, read_metrics, write_metrics, write_plots
     from .train import fit, mlp, verify_gradients
 
     start = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {out} exists and is not a directory")
+    ckpt_path, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
+    if args.resume and not ckpt_path.is_file():
+        parser.error(f"argument --resume: no checkpoint at {ckpt_path}")
     try:
         data = load_digits(seed=args.seed)
     except ImportError as e:
@@ -214,72 +256,175 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"argument --batch-size: {args.batch_size} is larger than the training set "
             f"({n_train} examples)"
         )
+    config = {
+        "model": "mlp",
+        "dataset": data.name,
+        "hidden": list(args.hidden),
+        "activation": args.activation,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "grad": args.grad,
+        "epochs": args.epochs,
+    }
 
     net = mlp(args.hidden, data.num_classes, args.activation)
     loss = "softmax_cross_entropy"
+    optimizer = _optimizer(args.optimizer, args.lr)
     init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
     params = net.init(init_key, (n_features,), jnp.float32)
+    opt_state, start_epoch, records = None, 0, []
+    if args.resume:
+        try:
+            ck = load_checkpoint(
+                ckpt_path, params_like=params, opt_state_like=optimizer.init(params)
+            )
+        except ValueError as e:
+            parser.error(f"argument --resume: {e}")
+        changed = [k for k in _RESUME_KEYS if ck.config.get(k) != config[k]]
+        if changed:
+            parser.error(
+                "argument --resume: the checkpoint was written with different settings: "
+                + ", ".join(f"{k}={ck.config.get(k)!r} (now {config[k]!r})" for k in changed)
+            )
+        if ck.epoch > args.epochs:
+            parser.error(f"argument --epochs: the checkpoint is already at epoch {ck.epoch}")
+        params, opt_state, start_epoch, shuffle_key = ck.params, ck.opt_state, ck.epoch, ck.key
+        records = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
+    out.mkdir(parents=True, exist_ok=True)
+
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     widths = " -> ".join(str(w) for w in (n_features, *args.hidden, data.num_classes))
     print(
-        f"digits: {n_train} train / {len(data.x_test)} test examples, "
+        f"{data.name}: {n_train} train / {len(data.x_test)} test examples, "
         f"{n_features} features, {data.num_classes} classes"
     )
     print(
         f"mlp {widths} ({args.activation}, {num_params:,} parameters); {args.optimizer} "
         f"lr={args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
-        f"gradients: {args.grad}"
+        f"gradients: {args.grad}; output in {out}"
+        + (f"; resuming after epoch {start_epoch}" if args.resume else "")
     )
 
-    check = verify_gradients(
-        net,
-        loss,
-        params,
-        jnp.asarray(data.x_train[: args.batch_size]),
-        jnp.asarray(data.y_train[: args.batch_size]),
-    )
-    status = "ok" if check["ok"] else f"FAILED (worst: {check['worst']})"
-    print(
-        f"gradient check, first batch, manual vs jax.grad ({check['num_compared']} arrays): "
-        f"max abs error {check['max_abs_error']:.2e}, max rel error "
-        f"{check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}): {status}"
-    )
-    if not check["ok"]:
+    x_check = jnp.asarray(data.x_train[: args.batch_size])
+    y_check = jnp.asarray(data.y_train[: args.batch_size])
+
+    def check_gradients(p, when: str) -> dict:
+        check = verify_gradients(net, loss, p, x_check, y_check)
+        status = "ok" if check["ok"] else f"FAILED (worst: {check['worst']})"
+        _say(
+            f"gradient check, {when}, manual vs jax.grad ({check['num_compared']} arrays): "
+            f"max abs error {check['max_abs_error']:.2e}, max rel error "
+            f"{check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}): {status}"
+        )
+        return check
+
+    first_check = check_gradients(params, "first batch")
+    if not first_check["ok"]:
         print("manual-bp train: the handwritten gradients disagree with jax.grad", file=sys.stderr)
         return 1
 
     grad_fn = value_and_grad if args.grad == "manual" else reference.value_and_grad
+    taps = jax.jit(value_grad_and_deltas(net, loss))
     width = len(str(args.epochs))
+    bar = _progress(args.epochs, start_epoch)
+    checks_failed = []
 
-    def report(r: dict[str, float]) -> None:
-        print(
+    def report(r: dict) -> None:
+        _say(
             f"epoch {r['epoch']:>{width}}/{args.epochs}  train loss {r['train_loss']:.4f}  "
             f"test loss {r['test_loss']:.4f}  test acc {100 * r['test_accuracy']:6.2f}%  "
             f"{r['seconds']:.2f}s",
-            flush=True,
+            bar,
         )
 
+    def on_epoch_end(epoch, p, state) -> None:
+        record = dict(history_tail[-1])
+        _, grads, deltas = taps(p, x_check, y_check)
+        record["norms"] = layer_norms(grads, deltas)
+        if args.verify_every and epoch % args.verify_every == 0:
+            check = check_gradients(p, f"epoch {epoch}")
+            record["gradient_check_max_rel_error"] = check["max_rel_error"]
+            if not check["ok"]:
+                checks_failed.append(epoch)
+        records.append(record)
+        write_metrics(metrics_path, records)
+        save_checkpoint(
+            ckpt_path, params=p, opt_state=state, epoch=epoch, key=shuffle_key, config=config
+        )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.4f}", acc=f"{100 * record['test_accuracy']:.1f}%"
+            )
+
+    history_tail: list[dict] = []
+
+    def callback(r: dict) -> None:
+        history_tail.append(r)
+        report(r)
+
     train_start = time.perf_counter()
-    _, records = fit(
-        net,
-        loss,
-        params,
-        data,
-        optimizer=_optimizer(args.optimizer, args.lr),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        key=shuffle_key,
-        grad_fn=grad_fn,
-        callback=report,
-    )
+    try:
+        fit(
+            net,
+            loss,
+            params,
+            data,
+            optimizer=optimizer,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            key=shuffle_key,
+            grad_fn=grad_fn,
+            callback=callback,
+            opt_state=opt_state,
+            start_epoch=start_epoch,
+            on_epoch_end=on_epoch_end,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     train_seconds = time.perf_counter() - train_start
-    final = records[-1]
+    plots = []
+    if records:
+        try:
+            plots = write_plots(out, records)
+        except ImportError:
+            print("plots skipped: install matplotlib (pip install 'manual_bp[data]')")
+    final = records[-1] if records else None
+    if final is not None:
+        print(
+            f"final test accuracy {100 * final['test_accuracy']:.2f}% "
+            f"(test loss {final['test_loss']:.4f}) after {final['epoch']} epochs; "
+            f"training {train_seconds:.1f}s, total {time.perf_counter() - start:.1f}s"
+        )
+    verification = "ok" if not checks_failed else f"FAILED at epochs {checks_failed}"
     print(
-        f"final test accuracy {100 * final['test_accuracy']:.2f}% "
-        f"(test loss {final['test_loss']:.4f}) after {args.epochs} epochs; "
-        f"training {train_seconds:.1f}s, total {time.perf_counter() - start:.1f}s"
+        f"gradient verification: {verification} (first batch max rel error "
+        f"{first_check['max_rel_error']:.1e}); wrote {metrics_path.name}, {ckpt_path.name}"
+        + "".join(f", {p.name}" for p in plots)
+        + f" in {out}"
     )
-    return 0
+    return 1 if checks_failed else 0
+
+
+def _progress(total: int, done: int):
+    """A tqdm bar over epochs on stderr (None without tqdm or when stderr is not a terminal)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(
+        total=total, initial=done, unit="epoch", leave=False, dynamic_ncols=True, disable=None
+    )
+
+
+def _say(text: str, bar=None) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(text)
+    else:
+        print(text, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,6 +92,9 @@ def fit(
     key: jax.Array,
     grad_fn: GradFn | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
+    opt_state: Any = None,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int, Any, Any], None] | None = None,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Train ``params`` on ``data`` with mini-batch gradient descent; return them and a history.
 
@@ -117,6 +120,11 @@ def fit(
         :func:`manual_bp.value_and_grad` (the handwritten backward). Pass
         ``reference.value_and_grad`` to run the same loop on ``jax.grad``.
       callback: called with each epoch's history record as soon as it is complete.
+      opt_state: the optimizer state to continue from (default ``optimizer.init(params)``).
+      start_epoch: epochs already done (resuming from a checkpoint); training runs epochs
+        ``start_epoch + 1 .. epochs``. Epoch e always shuffles with ``fold_in(key, e)``, so a
+        resumed run is bit-identical to an uninterrupted one.
+      on_epoch_end: ``on_epoch_end(epoch, params, opt_state)`` after each epoch (checkpoints).
 
     Returns:
       ``(params, history)``; ``history[i]`` has ``epoch`` (1-based), ``train_loss`` (mean over
@@ -172,9 +180,12 @@ def fit(
 
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-    opt_state = optimizer.init(params)
+    if not _is_int(start_epoch) or not 0 <= start_epoch <= epochs:
+        raise ValueError(f"fit: start_epoch must be in [0, epochs={epochs}], got {start_epoch!r}")
+    if opt_state is None:
+        opt_state = optimizer.init(params)
     history: list[dict[str, float]] = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
         params, opt_state, train_loss = run_epoch(
             params, opt_state, jax.random.fold_in(key, epoch), x_train, y_train
@@ -190,6 +201,8 @@ def fit(
         history.append(record)
         if callback is not None:
             callback(record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, params, opt_state)
     return params, history
 
 
