@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
         help="audit only this dtype (repeatable)",
     )
     verify.add_argument("--no-networks", action="store_true", help="skip the network checks")
+    verify.add_argument(
+        "--all-shapes", action="store_true", help="every shape of the table (default: the first)"
+    )
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return parser
 
@@ -188,7 +191,13 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for d in r["diagnoses"]:
             print(f"    {d}")
 
-    results = audit(args.rule, args.dtype, networks=not args.no_networks, progress=line)
+    results = audit(
+        args.rule,
+        args.dtype,
+        networks=not args.no_networks,
+        progress=line,
+        shapes=None if args.all_shapes else 1,
+    )
     failed = [r for r in results if not r["ok"]]
     seconds = time.perf_counter() - start
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({seconds:.1f}s)")

@@ -307,7 +307,6 @@ def _diagnose_pattern(name: str, a: np.ndarray, e: np.ndarray, tol: float) -> st
     c = float(np.vdot(a, e) / np.vdot(e, e))
     if abs(c - 1) > 10 * tol and _close(a, c * e, tol):
         return f"{name}: constant scale factor: got {c:.6g} × the true cotangent"
-    # an error living on some batch rows only, or shared across them, as a last structural hint
     return None
 
 
