@@ -704,7 +704,8 @@ def check_network(
     from .grad import value_grad_and_deltas
 
     loss = get_rule(loss)
-    dtype = np.dtype(x.dtype)
+    floats = [leaf for leaf in jax.tree.leaves(params) if _is_float(leaf)]
+    dtype = np.dtype(x.dtype if _is_float(x) or not floats else floats[0].dtype)
     tol = tolerance if tolerance is not None else max(TOLERANCE.get(dtype.name, 1e-5), 1e-9) * 5
     c, grads, deltas = jax.jit(value_grad_and_deltas(net, loss))(params, x, y)
     rc, rgrads, rdeltas = jax.jit(reference.value_grad_and_deltas(net, loss.name))(params, x, y)
