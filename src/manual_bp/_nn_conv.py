@@ -1,5 +1,268 @@
-"""Layers of the conv family (re-exported by :mod:`manual_bp.nn`)."""
+"""Layers of the conv family (re-exported by :mod:`manual_bp.nn`): ``Conv2D``, ``MaxPool2D``,
+``AvgPool2D``, ``Flatten`` and the small ``LeNet`` built from them.
+
+Images are NHWC (N, H, W, C); kernels are HWIO (kh, kw, C / groups, O).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._registry import Rule
+from .nn import (
+    Dense,
+    Elu,
+    Gelu,
+    Layer,
+    LeakyRelu,
+    Relu,
+    Sigmoid,
+    Silu,
+    Softplus,
+    Tanh,
+    serial,
+)
+from .rules import conv as _conv
+
+__all__ = ["AvgPool2D", "Conv2D", "Flatten", "LeNet", "MaxPool2D"]
+
+Shape = tuple[int, ...]
+
+
+def _require_nhwc_shape(op: str, input_shape: Shape) -> Shape:
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"{op}: input_shape must be NHWC (rank 4), got {input_shape}")
+    return input_shape
+
+
+def _spatial_out(op: str, input_shape: Shape, geometry: Callable[[Shape], Any]) -> Shape:
+    """(N, P, Q) of an NHWC input, from the rule's own padding arithmetic."""
+    n = _require_nhwc_shape(op, input_shape)[0]
+    return (n, *geometry(input_shape).out)
+
+
+def _check_settings(op: str, rule: Rule, probe: Any, **static: Any) -> None:
+    """Raise the rule's ValueError/TypeError for bad settings now, not at the first call."""
+    try:
+        jax.eval_shape(lambda *p: rule.fwd(*p, **static), *probe)
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"{op}: {e}") from None
+
+
+def _stateless(kind: str, rule: Rule, name: str | None, output_shape, **static: Any) -> Layer:
+    """A parameter-free layer applying one single-input rule; its tape is the residuals."""
+
+    def init(key, input_shape, dtype=jnp.float32):
+        del key, input_shape, dtype
+        return {}
+
+    def forward(params, x):
+        del params
+        return rule.fwd(x, **static)
+
+    def backward(params, tape, dy):
+        del params
+        (dx,) = rule.bwd(tape, dy, **static)
+        return {}, {}, dx
+
+    return Layer(name, kind, dict(static), init, forward, backward, output_shape)
+
+
+def Conv2D(
+    features: int,
+    kernel_size: int | tuple[int, int] = (3, 3),
+    *,
+    strides: int | tuple[int, int] = (1, 1),
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME",
+    dilation: int | tuple[int, int] = (1, 1),
+    groups: int = 1,
+    w_init: Callable[..., Any] | None = None,
+    name: str | None = None,
+) -> Layer:
+    """z[n,p,q,o] = Σ_{i,j,c} apad[n, p·s + i·d, q·s + j·d, c] w[i,j,c,o] + b[o].
+
+    ``params = {"w": (kh, kw, C / groups, features), "b": (features,)}``; ``w`` starts from
+    ``w_init(key, shape, dtype)`` (default LeCun normal, variance 1 / (kh·kw·C / groups)),
+    ``b`` at zero. As for :func:`~manual_bp.nn.Dense`, the tape is the input activation ``a``
+    alone (∂z/∂w is built from it) and ``w`` comes from the parameters in the backward pass.
+    """
+    if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
+        raise ValueError(f"Conv2D: features must be a positive int, got {features!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ValueError(f"Conv2D: groups must be a positive int, got {groups!r}")
+    kernel_size = _conv._pair("Conv2D", "kernel_size", kernel_size)
+    static = {
+        "strides": _conv._pair("Conv2D", "strides", strides),
+        "padding": _conv._padding_spec("Conv2D", padding),
+        "dilation": _conv._pair("Conv2D", "dilation", dilation),
+        "groups": groups,
+    }
+    if features % groups:
+        raise ValueError(f"Conv2D: features ({features}) must be divisible by groups={groups}")
+    w_init = w_init or jax.nn.initializers.lecun_normal()
+
+    def w_shape(input_shape):
+        c = _require_nhwc_shape("Conv2D", input_shape)[3]
+        if c % groups:
+            raise ValueError(
+                f"Conv2D: input channels ({c}) must be divisible by groups={groups} "
+                f"(input_shape {tuple(input_shape)})"
+            )
+        return (*kernel_size, c // groups, features)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = w_shape(input_shape)
+        _check_settings(
+            "Conv2D",
+            _conv.conv2d,
+            (
+                jax.ShapeDtypeStruct(tuple(input_shape), dtype),
+                jax.ShapeDtypeStruct(shape, dtype),
+                jax.ShapeDtypeStruct((features,), dtype),
+            ),
+            **static,
+        )
+        return {"w": w_init(key, shape, dtype), "b": jnp.zeros((features,), dtype)}
+
+    def forward(params, x):
+        z, (a, _) = _conv.conv2d.fwd(x, params["w"], params["b"], **static)
+        return z, a
+
+    def backward(params, tape, dz):
+        da, dw, db = _conv.conv2d.bwd((tape, params["w"]), dz, **static)
+        return {"w": dw, "b": db}, {}, da
+
+    def output_shape(input_shape):
+        geometry = lambda s: _conv._conv_geometry(  # noqa: E731
+            s, w_shape(s), static["strides"], static["padding"], static["dilation"]
+        )
+        return (*_spatial_out("Conv2D", input_shape, geometry), features)
+
+    config = {"features": features, "kernel_size": kernel_size, **static}
+    return Layer(name, "conv2d", config, init, forward, backward, output_shape)
+
+
+def _Pool(
+    op: str, kind: str, rule: Rule, window: Any, strides: Any, padding: Any, name: str | None
+) -> Layer:
+    window = _conv._pair(op, "window", window)
+    static = {
+        "window": window,
+        "strides": window if strides is None else _conv._pair(op, "strides", strides),
+        "padding": _conv._padding_spec(op, padding),
+    }
+    # padding vs window (explicit padding smaller than the window) needs no input shape
+    _conv._pool_geometry(op, (1, *static["window"], 1), **static)
+
+    def output_shape(input_shape):
+        geometry = lambda s: _conv._pool_geometry(op, s, **static)  # noqa: E731
+        return (*_spatial_out(op, input_shape, geometry), tuple(input_shape)[3])
+
+    return _stateless(kind, rule, name, output_shape, **static)
+
+
+def MaxPool2D(
+    window: int | tuple[int, int] = (2, 2),
+    strides: int | tuple[int, int] | None = None,
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "VALID",
+    *,
+    name: str | None = None,
+) -> Layer:
+    """a[n,p,q,c] = max_{i,j} zpad[n, p·s + i, q·s + j, c] (padding is −inf).
+
+    ``strides`` defaults to ``window``. The backward sends each window's cotangent to the
+    first maximum in row-major window order; overlapping windows add up.
+    """
+    return _Pool("MaxPool2D", "max_pool2d", _conv.max_pool2d, window, strides, padding, name)
+
+
+def AvgPool2D(
+    window: int | tuple[int, int] = (2, 2),
+    strides: int | tuple[int, int] | None = None,
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "VALID",
+    *,
+    name: str | None = None,
+) -> Layer:
+    """a[n,p,q,c] = mean of z over the entries of window (p, q) inside the image.
+
+    ``strides`` defaults to ``window``. Padded positions are not counted in the divisor
+    (count_include_pad=False).
+    """
+    return _Pool("AvgPool2D", "avg_pool2d", _conv.avg_pool2d, window, strides, padding, name)
+
+
+def Flatten(*, name: str | None = None) -> Layer:
+    """a[n, f] = z[n, ...] flattened row-major: (N, ...) -> (N, Π ...)."""
+
+    def output_shape(input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 1:
+            raise ValueError(f"Flatten: input_shape must have rank >= 1, got {input_shape}")
+        return (input_shape[0], math.prod(input_shape[1:]))
+
+    return _stateless("flatten", _conv.flatten, name, output_shape)
+
+
+_ACTIVATIONS: dict[str, Callable[[], Layer]] = {
+    "relu": Relu,
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "elu": Elu,
+    "gelu": Gelu,
+    "silu": Silu,
+    "softplus": Softplus,
+    "leaky_relu": LeakyRelu,
+}
+
+
+def LeNet(
+    num_classes: int = 10,
+    *,
+    channels: tuple[int, int] = (6, 16),
+    hidden: int = 64,
+    activation: str = "relu",
+    name: str | None = None,
+) -> Layer:
+    """A LeNet-style classifier for small NHWC images (e.g. the (N, 8, 8, 1) digits):
+
+    conv 3×3 SAME → act → max-pool 2×2 → conv 3×3 SAME → act → max-pool 2×2 → flatten →
+    dense(hidden) → act → dense(num_classes), returning logits.
+
+    Batch normalization is not part of it yet: it needs the train/eval state design that
+    comes later.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"LeNet: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+        )
+    if (
+        not isinstance(channels, tuple | list)
+        or len(channels) != 2
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
+    ):
+        raise ValueError(f"LeNet: channels must be two positive ints, got {channels!r}")
+    for arg, v in (("num_classes", num_classes), ("hidden", hidden)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"LeNet: {arg} must be a positive int, got {v!r}")
+    act = _ACTIVATIONS[activation]
+    return serial(
+        Conv2D(channels[0], (3, 3)),
+        act(),
+        MaxPool2D((2, 2)),
+        Conv2D(channels[1], (3, 3)),
+        act(),
+        MaxPool2D((2, 2)),
+        Flatten(),
+        Dense(hidden),
+        act(),
+        Dense(num_classes),
+        name=name,
+    )

@@ -37,6 +37,9 @@ class Row:
     dtypes: tuple = ALL_DTYPES
     extreme: bool = True
     masked: bool = False
+    zero: tuple[int, ...] = ()
+    """Differentiable primals whose true cotangent is identically zero (attention's key bias:
+    it shifts all of a query's scores alike, which softmax ignores)."""
 
     @property
     def id(self) -> str:
@@ -184,12 +187,229 @@ ROWS: tuple[Row, ...] = (
 
 
 # ---- convolution and pooling (rules/conv.py) ------------------------------------------------
-CONV_ROWS: tuple[Row, ...] = ()
+def conv_args(rng, shape, dtype, domain):
+    """x (N, H, W, C), w (kh, kw, C / groups, O), b (O,) for shape = (x_shape, w_shape)."""
+    x_shape, w_shape = shape
+    x = _float(rng, x_shape, dtype, domain)
+    w = _float(rng, w_shape, dtype, "normal", scale=0.5)
+    return x, w, _float(rng, w_shape[-1:], dtype, "normal", scale=0.3)
+
+
+def distinct_image(rng, shape, dtype, domain):
+    """An NHWC image of distinct values k/32 (exact in bfloat16 for up to 256 entries), so no
+    window has a tied maximum; the extreme domain draws |x| ≈ 1e3 instead."""
+    if domain == "extreme":
+        return (_float(rng, shape, dtype, domain),)
+    size = int(np.prod(shape))
+    if size > 256:
+        raise ValueError(f"distinct_image: at most 256 entries, got shape {shape}")
+    k = rng.permutation(size) - size // 2
+    return (jnp.asarray(np.reshape(k / 32.0, shape), dtype),)
+
+
+# |x| ≈ 1e3 inputs on the default rows; the rows for each setting check the plain domain.
+CONV_ROWS: tuple[Row, ...] = (
+    Row("conv2d", conv_args, (((2, 5, 5, 3), (3, 3, 3, 4)),), diff=(0, 1, 2)),
+    Row(
+        "conv2d",
+        conv_args,
+        (((2, 7, 6, 3), (3, 3, 3, 2)),),
+        diff=(0, 1, 2),
+        static={"strides": (2, 2), "padding": "SAME"},
+        label="conv2d_stride2_same",
+        extreme=False,
+    ),
+    Row(
+        "conv2d",
+        conv_args,
+        (((2, 5, 6, 2), (3, 2, 2, 3)),),
+        diff=(0, 1, 2),
+        static={"strides": (2, 1), "padding": ((2, 0), (1, 3))},
+        label="conv2d_explicit_asymmetric",
+        extreme=False,
+    ),
+    Row(
+        "conv2d",
+        conv_args,
+        (((2, 7, 7, 2), (3, 3, 2, 3)),),
+        diff=(0, 1, 2),
+        static={"dilation": (2, 2), "padding": "VALID"},
+        label="conv2d_dilation2_valid",
+        extreme=False,
+    ),
+    Row(
+        "conv2d",
+        conv_args,
+        (((2, 5, 5, 4), (3, 3, 2, 6)),),
+        diff=(0, 1, 2),
+        static={"groups": 2},
+        label="conv2d_groups2",
+        extreme=False,
+    ),
+    Row(
+        "conv2d",
+        conv_args,
+        (((1, 9, 8, 6), (3, 2, 2, 6)),),
+        diff=(0, 1, 2),
+        static={"groups": 3, "strides": (2, 3), "dilation": (2, 1), "padding": ((1, 2), (0, 1))},
+        label="conv2d_groups3_stride_dilation_explicit",
+        extreme=False,
+    ),
+    Row("max_pool2d", distinct_image, ((2, 5, 7, 2),)),
+    Row(
+        "max_pool2d",
+        distinct_image,
+        ((2, 5, 6, 2),),
+        static={"window": (3, 2), "strides": (2, 1), "padding": ((1, 1), (0, 1))},
+        label="max_pool2d_overlap_explicit",
+        extreme=False,
+    ),
+    Row("avg_pool2d", unary, ((2, 5, 7, 2),)),
+    Row(
+        "avg_pool2d",
+        unary,
+        ((2, 5, 6, 2),),
+        static={"window": (3, 3), "strides": (2, 1), "padding": "SAME"},
+        label="avg_pool2d_overlap_same",
+        extreme=False,
+    ),
+    Row("flatten", unary, ((3, 2, 2, 2),), extreme=False),
+)
 
 # ---- recurrent networks (rules/recurrent.py) ------------------------------------------------
-RECURRENT_ROWS: tuple[Row, ...] = ()
+
+
+def recurrent_args(kind):
+    """Primals of ``rnn``/``lstm``/``gru`` for a shape (N, T, I, H): x (scaled to |x| ≈ 1e3 in
+    the extreme domain), states of size ~0.5, weights ~0.5 and biases ~0.3."""
+    gates, states, biases = {"rnn": (1, 1, 1), "lstm": (4, 2, 1), "gru": (3, 1, 2)}[kind]
+
+    def make(rng, shape, dtype, domain):
+        n, t, i, h = shape
+        x = _float(rng, (n, t, i), dtype, domain)
+        s = tuple(_float(rng, (n, h), dtype, "normal", scale=0.5) for _ in range(states))
+        w_x = _float(rng, (i, gates * h), dtype, "normal", scale=0.5)
+        w_h = _float(rng, (h, gates * h), dtype, "normal", scale=0.5)
+        b = tuple(_float(rng, (gates * h,), dtype, "normal", scale=0.3) for _ in range(biases))
+        return (x, *s, w_x, w_h, *b)
+
+    return make
+
+
+# (N, T, I, H): one step and five; each scan compiles once per shape and dtype.
+RECURRENT_SHAPES = ((2, 1, 3, 4), (3, 5, 2, 3))
+
+RECURRENT_ROWS: tuple[Row, ...] = (
+    Row("rnn", recurrent_args("rnn"), RECURRENT_SHAPES, diff=(0, 1, 2, 3, 4)),
+    Row("lstm", recurrent_args("lstm"), RECURRENT_SHAPES, diff=(0, 1, 2, 3, 4, 5)),
+    Row("gru", recurrent_args("gru"), RECURRENT_SHAPES, diff=(0, 1, 2, 3, 4, 5)),
+    Row("last_step", unary, ((3, 1, 4), (2, 5, 3), (2, 3, 4, 2))),
+)
 
 # ---- normalization, embedding and attention (rules/normalization.py, rules/attention.py) ----
-TRANSFORMER_ROWS: tuple[Row, ...] = ()
+
+
+def norm_args(with_beta):
+    """x (any shape), γ near 1 and (for layer_norm) β: the features are the last axis."""
+
+    def make(rng, shape, dtype, domain):
+        x = _float(rng, shape, dtype, domain)
+        gamma = jnp.asarray(1.0 + 0.3 * rng.standard_normal(shape[-1:]), dtype)
+        beta = (_float(rng, shape[-1:], dtype, "normal", scale=0.3),) * with_beta
+        return (x, gamma, *beta)
+
+    return make
+
+
+def embedding_args(rng, shape, dtype, domain):
+    """shape = (ids shape, V, D); more ids than rows, so ids repeat."""
+    ids_shape, vocab, features = shape
+    ids = jnp.asarray(rng.integers(0, vocab, size=ids_shape), jnp.int32)
+    return ids, _float(rng, (vocab, features), dtype, domain)
+
+
+def add_positions_args(rng, shape, dtype, domain):
+    """shape = (x shape (..., T, D), L) with L >= T."""
+    x_shape, length = shape
+    return _float(rng, x_shape, dtype, domain), _float(rng, (length, x_shape[-1]), dtype, "normal")
+
+
+def attention_args(causal):
+    """x (N, T, D), four (D, D) weights, four (D,) biases and a boolean padding mask (N, T).
+
+    ``masked``: about a third of the keys padded; with ``causal`` the first key of the first
+    example is padded too, so that query has no allowed key (a fully masked row). ``extreme``:
+    |x| ≈ 1e3 with small weights, so the scores reach ≈ 1e3 and only the max-shift keeps
+    softmax finite.
+    """
+
+    def make(rng, shape, dtype, domain):
+        n, t, d = shape
+        x = _float(rng, shape, dtype, domain)
+        # bfloat16: the reference runs in bfloat16, and its db_k (exactly 0) and dW_q, dW_k are
+        # cancelling sums whose rounding grows as |W|³; smaller weights keep that under 2e-2.
+        w_scale = 0.02 if domain == "extreme" else 0.3 if dtype == BF16 else 0.6
+        ws = tuple(_float(rng, (d, d), dtype, "normal", scale=w_scale) for _ in range(4))
+        bs = tuple(_float(rng, (d,), dtype, "normal", scale=0.3) for _ in range(4))
+        mask = np.ones((n, t), bool)
+        if domain == "masked":
+            mask = rng.uniform(size=(n, t)) >= 0.35
+            mask[:, -1] = True
+            mask[0, 0] = not causal
+        return (x, *ws, *bs, jnp.asarray(mask))
+
+    return make
+
+
+ATTENTION_DIFF = tuple(range(9))
+
+TRANSFORMER_ROWS: tuple[Row, ...] = (
+    Row("layer_norm", norm_args(True), ((6,), (2, 3, 4)), diff=(0, 1, 2)),
+    Row(
+        "layer_norm",
+        norm_args(True),
+        ((3, 5),),
+        diff=(0, 1, 2),
+        static={"eps": 0.1},
+        label="layer_norm_eps0.1",
+    ),
+    Row("rms_norm", norm_args(False), ((6,), (2, 3, 4)), diff=(0, 1)),
+    Row("embedding", embedding_args, (((7,), 4, 3), ((2, 6), 3, 2)), diff=(1,)),
+    Row("add_positions", add_positions_args, (((3, 4), 5), ((2, 3, 4), 3)), diff=(0, 1)),
+    Row(
+        "multi_head_attention",
+        attention_args(False),
+        ((2, 3, 4), (1, 4, 6)),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2},
+        extreme=False,
+        masked=True,
+    ),
+    Row(
+        "multi_head_attention",
+        attention_args(True),
+        ((2, 4, 4),),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2, "causal": True},
+        label="multi_head_attention_causal",
+        extreme=False,
+        masked=True,
+    ),
+    # Scores ≈ 1e3 (past exp's float64 overflow at 709) make softmax one-hot; autodiff of the
+    # forward then leaves rounding noise ≈ eps·|q|·|k| in dW_q, dW_k, which only float64 keeps
+    # below the table's tolerance. tests/test_transformer.py checks float32 there against float64.
+    Row(
+        "multi_head_attention",
+        attention_args(True),
+        ((2, 3, 4),),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2, "causal": True},
+        label="multi_head_attention_extreme",
+        dtypes=(F64,),
+    ),
+)
 
 ROWS = ROWS + CONV_ROWS + RECURRENT_ROWS + TRANSFORMER_ROWS

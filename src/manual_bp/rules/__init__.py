@@ -26,3 +26,6 @@ __all__ = [
     "softplus",
     "tanh",
 ]
+
+# the layer families: importing each registers its rules
+from . import attention, conv, embedding, normalization, recurrent  # noqa: F401

@@ -1,0 +1,148 @@
+"""Multi-head scaled dot-product self-attention with its four projections.
+
+Index letters: ``n`` batch, ``t`` query position, ``s`` key position (both range over the T
+time steps), ``h`` head, ``e`` feature within a head (E = D / H), ``d`` and ``o`` model
+features (D). The forward, one line per step:
+
+* q = x W_q + b_q, k = x W_k + b_k, v = x W_v + b_v, each split into heads (n t d -> n t h e);
+* z[n,h,t,s] = Σ_e q[n,t,h,e] k[n,s,h,e] / √E;
+* p = softmax_s(z) over the allowed keys s (max-shifted; p = 0 elsewhere);
+* c[n,t,h,e] = Σ_s p[n,h,t,s] v[n,s,h,e], merged back (n t h e -> n t d);
+* y = c W_o + b_o.
+
+Masks. Key s is allowed for query t when ``mask[n, s]`` (True = a real token, False =
+padding) and, with ``causal=True``, s <= t. ``mask`` is always the tenth primal: a boolean
+(N, T) array, or ``None`` for "every key" (the same as all-True); it is required (pass
+``None`` explicitly) so that the ten cotangents always line up. It is not differentiable
+(its cotangent is ``None``). A query with no allowed key (a fully masked row) attends to
+nothing: its row of p is all zeros, so its c is 0, its y is b_o, and no gradient flows through
+its scores (double ``where``: the masked branch never makes an inf or NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import (
+    require_array,
+    require_float,
+    require_ndim,
+    require_same_dtype,
+    require_shape,
+)
+from .._registry import register
+
+__all__ = ["multi_head_attention"]
+
+_OP = "multi_head_attention"
+
+
+def _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[int, ...]:
+    arrays = {"x": x, "wq": wq, "wk": wk, "wv": wv, "wo": wo, "bq": bq, "bk": bk, "bv": bv}
+    arrays["bo"] = bo
+    for arg, a in arrays.items():
+        require_float(_OP, arg, a)
+    require_same_dtype(_OP, **arrays)
+    require_ndim(_OP, "x (N, T, D)", x, exactly=3)
+    n, t, d = x.shape
+    for arg in ("wq", "wk", "wv", "wo"):
+        require_shape(_OP, f"{arg} (D, D)", arrays[arg], (d, d))
+    for arg in ("bq", "bk", "bv", "bo"):
+        require_shape(_OP, f"{arg} (D,)", arrays[arg], (d,))
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+        raise ValueError(f"{_OP}: num_heads must be a positive int, got {num_heads!r}")
+    if d % num_heads:
+        raise ValueError(f"{_OP}: num_heads={num_heads} must divide the features D={d}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"{_OP}: causal must be a bool, got {type(causal).__name__}")
+    if mask is not None:
+        require_array(_OP, "mask", mask)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"{_OP}: mask must be a boolean array (True = keep), got {mask.dtype}")
+        require_shape(_OP, "mask (N, T)", mask, (n, t))
+    return n, t, d, num_heads, d // num_heads
+
+
+def _widen(*arrays):
+    """Half-precision inputs computed in float32 (the softmax and its backward cancel sums);
+    float32 and float64 unchanged. Results are cast back to the input dtype."""
+    dtype = arrays[0].dtype
+    wide = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+    return tuple(a.astype(wide) for a in arrays)
+
+
+def _allowed(mask, n, t, causal):
+    """allowed[n, 1, t, s]: key s may be attended by query t (broadcast over the heads)."""
+    keep = jnp.ones((n, 1, t, t), jnp.bool_)
+    if mask is not None:
+        keep = keep & jnp.reshape(mask, (n, 1, 1, t))
+    if causal:
+        keep = keep & jnp.reshape(jnp.tril(jnp.ones((t, t), jnp.bool_)), (1, 1, t, t))
+    return keep
+
+
+def _project(x, w, b, shape):
+    """x W + b split into heads: (n, t, d) -> (n, t, h, e)."""
+    return jnp.reshape(jnp.einsum("ntd,do->nto", x, w) + jnp.reshape(b, (1, 1, -1)), shape)
+
+
+def _mha_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=False):
+    """y = merge_h(softmax_s(q kᵀ / √E) v) W_o + b_o with q, k, v = x W + b split into heads.
+
+    The residuals are x, the head-split q, k, v, the probabilities p, the merged context c
+    and the four weight matrices (in float32 for half-precision inputs).
+    """
+    n, t, d, h, e = _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal)
+    dtype = x.dtype
+    x, wq, wk, wv, wo, bq, bk, bv, bo = _widen(x, wq, wk, wv, wo, bq, bk, bv, bo)
+    q, k, v = (_project(x, w, b, (n, t, h, e)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    z = jnp.einsum("nthe,nshe->nhts", q, k) * (1.0 / math.sqrt(e))
+    allowed = _allowed(mask, n, t, causal)
+    m = lax.stop_gradient(jnp.max(jnp.where(allowed, z, -jnp.inf), axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0)  # the shift cancels in p; 0 for a fully masked row
+    ez = jnp.where(allowed, jnp.exp(jnp.where(allowed, z - m, 0)), 0)
+    total = jnp.sum(ez, axis=-1, keepdims=True)
+    p = ez / jnp.where(total > 0, total, 1)  # a fully masked row stays all zeros
+    c = jnp.reshape(jnp.einsum("nhts,nshe->nthe", p, v), (n, t, d))
+    y = jnp.einsum("ntd,do->nto", c, wo) + jnp.reshape(bo, (1, 1, d))
+    return y.astype(dtype), (x, q, k, v, p, c, wq, wk, wv, wo)
+
+
+def _mha_bwd(res, g, *, num_heads, causal=False):
+    """dz = p ⊙ (dp − Σ_s p dp) with dp = dc vᵀ;  dx = dq W_qᵀ + dk W_kᵀ + dv W_vᵀ (three paths).
+
+    In full: dW_o = cᵀ g, db_o = Σ g, dc = g W_oᵀ; dv = pᵀ dc; dq = dz k / √E; dk = dzᵀ q / √E;
+    dW_· = xᵀ d· for · in q, k, v; db_q = Σ dq, db_v = Σ dv, and db_k = 0 (a shift of b_k moves
+    all of a query's scores together, and softmax ignores it). The mask gets ``None``.
+    """
+    del num_heads, causal
+    x, q, k, v, p, c, wq, wk, wv, wo = res
+    dtype = g.dtype
+    (g,) = _widen(g)
+    n, t, h, e = q.shape
+    dbo = jnp.sum(g, axis=(0, 1))
+    dwo = jnp.einsum("ntd,nto->do", c, g)
+    dc = jnp.reshape(jnp.einsum("nto,do->ntd", g, wo), (n, t, h, e))
+    dp = jnp.einsum("nthe,nshe->nhts", dc, v)
+    dv = jnp.einsum("nhts,nthe->nshe", p, dc)
+    dz = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * (1.0 / math.sqrt(e))
+    dq = jnp.einsum("nhts,nshe->nthe", dz, k)
+    dk = jnp.einsum("nhts,nthe->nshe", dz, q)
+    dq, dk, dv = (jnp.reshape(a, (n, t, h * e)) for a in (dq, dk, dv))
+    dx = (
+        jnp.einsum("nto,do->ntd", dq, wq)
+        + jnp.einsum("nto,do->ntd", dk, wk)
+        + jnp.einsum("nto,do->ntd", dv, wv)
+    )
+    dws = [jnp.einsum("ntd,nto->do", x, a) for a in (dq, dk, dv)]
+    # db_k = Σ_{n,s} dk = Σ_{n,t} q[n,t]·Σ_s dz[n,t,s] = 0: b_k adds q_t·b_k to every score of
+    # query t, which softmax ignores. Written as the exact zero it is, not as a rounding residue.
+    dbq, dbv = jnp.sum(dq, axis=(0, 1)), jnp.sum(dv, axis=(0, 1))
+    cts = (dx, *dws, dwo, dbq, jnp.zeros_like(dbq), dbv, dbo)
+    return (*(a.astype(dtype) for a in cts), None)
+
+
+multi_head_attention = register("multi_head_attention", _mha_fwd, _mha_bwd)

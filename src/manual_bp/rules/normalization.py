@@ -1,0 +1,91 @@
+"""Normalizations over the last (feature) axis: ``layer_norm`` and ``rms_norm``.
+
+Index letters: ``...`` any leading batch dims, ``d`` features (the normalized axis, size D).
+Both backward passes go through the statistics (mean, variance or mean square): the simplified
+form that treats them as constants is wrong whenever the statistics depend on x, which is always.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import require_float, require_ndim, require_same_dtype, require_shape
+from .._registry import register
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _require_eps(op: str, eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
+        raise ValueError(f"{op}: eps must be a positive Python number, got {eps!r}")
+    return float(eps)
+
+
+def _check(op: str, x: Any, **params: Any) -> int:
+    require_float(op, "x", x)
+    for arg, p in params.items():
+        require_float(op, arg, p)
+    require_same_dtype(op, x=x, **params)
+    require_ndim(op, "x", x, at_least=1)
+    d = x.shape[-1]
+    for arg, p in params.items():
+        require_shape(op, f"{arg} (one per feature of x {tuple(x.shape)})", p, (d,))
+    return d
+
+
+def _row(p: Any, ndim: int) -> Any:
+    """A (d,) parameter reshaped to (1, ..., 1, d) for an input of rank ``ndim``."""
+    return jnp.reshape(p, (1,) * (ndim - 1) + p.shape)
+
+
+def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
+    """y = x̂ γ + β,  x̂ = (x − μ) r,  μ = mean_d x,  r = 1/√(mean_d (x − μ)² + ε).
+
+    Two passes (the variance of the centred x), so a large mean costs no precision.
+    The residuals are x̂, r and γ.
+    """
+    _check("layer_norm", x, gamma=gamma, beta=beta)
+    eps = _require_eps("layer_norm", eps)
+    xc = x - jnp.mean(x, axis=-1, keepdims=True)
+    r = lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
+    xhat = xc * r
+    return xhat * _row(gamma, x.ndim) + _row(beta, x.ndim), (xhat, r, gamma)
+
+
+def _layer_norm_bwd(res, g, *, eps=1e-5):
+    """dx = r (ĝ − mean_d ĝ − x̂ mean_d(ĝ x̂)), ĝ = g γ;  dγ = Σ_... g x̂;  dβ = Σ_... g."""
+    del eps
+    xhat, r, gamma = res
+    gh = g * _row(gamma, g.ndim)
+    mean_gh = jnp.mean(gh, axis=-1, keepdims=True)
+    mean_ghx = jnp.mean(gh * xhat, axis=-1, keepdims=True)
+    dx = r * (gh - mean_gh - xhat * mean_ghx)
+    batch = tuple(range(g.ndim - 1))
+    return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
+
+
+layer_norm = register("layer_norm", _layer_norm_fwd, _layer_norm_bwd)
+
+
+def _rms_norm_fwd(x, gamma, *, eps=1e-6):
+    """y = x̂ γ,  x̂ = x r,  r = 1/√(mean_d x² + ε); the residuals are x̂, r and γ."""
+    _check("rms_norm", x, gamma=gamma)
+    eps = _require_eps("rms_norm", eps)
+    r = lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    xhat = x * r
+    return xhat * _row(gamma, x.ndim), (xhat, r, gamma)
+
+
+def _rms_norm_bwd(res, g, *, eps=1e-6):
+    """dx = r (ĝ − x̂ mean_d(ĝ x̂)), ĝ = g γ;  dγ = Σ_... g x̂."""
+    del eps
+    xhat, r, gamma = res
+    gh = g * _row(gamma, g.ndim)
+    dx = r * (gh - xhat * jnp.mean(gh * xhat, axis=-1, keepdims=True))
+    return dx, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
+
+
+rms_norm = register("rms_norm", _rms_norm_fwd, _rms_norm_bwd)

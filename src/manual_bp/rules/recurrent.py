@@ -1,0 +1,264 @@
+"""Recurrent cells run over a whole sequence — ``rnn``, ``lstm``, ``gru`` — and ``last_step``.
+
+Index letters: ``n`` batch, ``t`` time, ``i`` input features, ``h`` and ``k`` hidden units,
+``g`` the stacked gate pre-activations (4H for the LSTM, 3H for the GRU). Sequences are
+batch-major: x is (N, T, I) and the output hs is (N, T, H), hs[:, t] = h_t.
+
+The forward pass is a ``lax.scan`` over t that keeps h_t (and the gate activations) for every
+step. The backward pass is backpropagation through time: a reverse ``lax.scan`` that carries
+∂C/∂h_{t−1} (and ∂C/∂c_{t−1}) from step t to step t − 1 and emits the delta δ_t of the step's
+pre-activation. Weights are shared over time, so their gradients sum over every step —
+∂C/∂W = Σ_t a_tᵀ δ_t — and are taken after the scan as one contraction over (n, t) instead of
+T small products inside it. The initial states h0 (c0) are inputs and get their own gradient:
+the carry left over when the reverse scan reaches t = 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import require_float, require_ndim, require_same_dtype, require_shape
+from .._registry import register
+
+__all__ = ["gru", "last_step", "lstm", "rnn"]
+
+
+def _check_cell(op: str, gates: int, x: Any, states: dict[str, Any], **params: Any) -> int:
+    """Check x (N, T, I), each state (N, H), w_x (I, gates·H), w_h (H, gates·H), biases; H."""
+    arrays = {"x": x, **states, **params}
+    for arg, a in arrays.items():
+        require_float(op, arg, a)
+    require_same_dtype(op, **arrays)
+    require_ndim(op, "x", x, exactly=3)
+    n, t, i = x.shape
+    if t < 1:
+        raise ValueError(f"{op}: x must have at least one time step, got shape {tuple(x.shape)}")
+    first = next(iter(states))
+    require_ndim(op, first, states[first], exactly=2)
+    h = states[first].shape[1]
+    for arg, s in states.items():
+        require_shape(op, arg, s, (n, h))
+    require_shape(op, "w_x", params["w_x"], (i, gates * h))
+    require_shape(op, "w_h", params["w_h"], (h, gates * h))
+    for arg, b in params.items():
+        if arg.startswith("b"):
+            require_shape(op, arg, b, (gates * h,))
+    return h
+
+
+def _time_major(a: Any) -> Any:
+    """(N, T, ...) -> (T, N, ...), the layout lax.scan walks over."""
+    return jnp.swapaxes(a, 0, 1)
+
+
+def _previous(h0: Any, hs: Any) -> Any:
+    """h_{t−1} for every t: (h0, h_1, ..., h_{T−1}) as (N, T, H)."""
+    return jnp.concatenate([jnp.expand_dims(h0, 1), hs[:, :-1]], axis=1)
+
+
+def _input_projection(x: Any, w_x: Any, b: Any) -> Any:
+    """u[t, n, g] = Σ_i x[n, t, i] w_x[i, g] + b[g] for all steps at once, time-major."""
+    return jnp.einsum("nti,ig->tng", x, w_x) + jnp.reshape(b, (1, 1, b.shape[0]))
+
+
+def _shared_weight_grads(x: Any, h_prev: Any, w_x: Any, dax: Any, dah: Any):
+    """dx = δ w_xᵀ;  dw_x = Σ_{n,t} x ⊗ δ;  dw_h = Σ_{n,t} h_{t−1} ⊗ δ_h;  db = Σ_{n,t} δ."""
+    dx = jnp.einsum("ntg,ig->nti", dax, w_x)
+    dw_x = jnp.einsum("nti,ntg->ig", x, dax)
+    dw_h = jnp.einsum("ntk,ntg->kg", h_prev, dah)
+    return dx, dw_x, dw_h
+
+
+# ---- Elman RNN -------------------------------------------------------------------------------
+
+
+def _rnn_fwd(x, h0, w_x, w_h, b):
+    """h_t = tanh(x_t w_x + h_{t−1} w_h + b), t = 1..T, from h0; out hs[n, t, h] = h_t.
+
+    Shapes: x (N, T, I), h0 (N, H), w_x (I, H), w_h (H, H), b (H,). Residuals: x, h0, the
+    weights and hs (tanh' comes from h_t itself).
+    """
+    _check_cell("rnn", 1, x, {"h0": h0}, w_x=w_x, w_h=w_h, b=b)
+    u = _input_projection(x, w_x, b)
+
+    def step(h, u_t):
+        h = jnp.tanh(u_t + h @ w_h)
+        return h, h
+
+    _, hs = lax.scan(step, h0, u)
+    hs = _time_major(hs)
+    return hs, (x, h0, w_x, w_h, hs)
+
+
+def _rnn_bwd(res, g):
+    """δ_t = (g_t + δ_{t+1} w_hᵀ) ⊙ (1 − h_t²);  dh0 = δ_1 w_hᵀ;  dW = Σ_t a_tᵀ δ_t."""
+    x, h0, w_x, w_h, hs = res
+
+    def step(dh, inputs):
+        g_t, h_t = inputs
+        delta = (g_t + dh) * (1 - h_t * h_t)
+        return delta @ w_h.T, delta
+
+    dh0, deltas = lax.scan(
+        step, jnp.zeros_like(h0), (_time_major(g), _time_major(hs)), reverse=True
+    )
+    deltas = _time_major(deltas)
+    dx, dw_x, dw_h = _shared_weight_grads(x, _previous(h0, hs), w_x, deltas, deltas)
+    return dx, dh0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
+
+
+rnn = register("rnn", _rnn_fwd, _rnn_bwd)
+
+
+# ---- LSTM ------------------------------------------------------------------------------------
+
+
+def _lstm_fwd(x, h0, c0, w_x, w_h, b):
+    """Gates in the order i, f, g, o along the last axis of a_t = x_t w_x + h_{t−1} w_h + b:
+
+    i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o);  c_t = f ⊙ c_{t−1} + i ⊙ g;
+    h_t = o ⊙ tanh(c_t). Shapes: x (N, T, I), h0 and c0 (N, H), w_x (I, 4H), w_h (H, 4H),
+    b (4H,). The output is hs (N, T, H) alone; the final cell state c_T is not an output (its
+    cotangent is zero). Residuals: x, h0, c0, the weights, hs, cs, tanh(cs) and the four gate
+    activations (N, T, 4H).
+    """
+    hidden = _check_cell("lstm", 4, x, {"h0": h0, "c0": c0}, w_x=w_x, w_h=w_h, b=b)
+    u = _input_projection(x, w_x, b)
+
+    def step(carry, u_t):
+        h, c = carry
+        a = u_t + h @ w_h
+        i, f, o = (lax.logistic(a[:, k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
+        gg = jnp.tanh(a[:, 2 * hidden : 3 * hidden])
+        c = f * c + i * gg
+        tc = jnp.tanh(c)
+        h = o * tc
+        return (h, c), (h, c, tc, jnp.concatenate([i, f, gg, o], axis=1))
+
+    _, (hs, cs, tcs, acts) = lax.scan(step, (h0, c0), u)
+    hs, cs, tcs, acts = (_time_major(a) for a in (hs, cs, tcs, acts))
+    return hs, (x, h0, c0, w_x, w_h, hs, cs, tcs, acts)
+
+
+def _lstm_bwd(res, g):
+    """With dh = g_t + ∂C/∂h_t from t+1 and dc = ∂C/∂c_t from t+1:
+    dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);  δ = [dc⊙g⊙i(1−i), dc⊙c_{t−1}⊙f(1−f),
+    dc⊙i⊙(1−g²), dh⊙tanh c_t⊙o(1−o)];  ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f.
+    """
+    x, h0, c0, w_x, w_h, hs, cs, tcs, acts = res
+    hidden = h0.shape[1]
+
+    def step(carry, inputs):
+        dh_next, dc_next = carry
+        g_t, c_prev, tc, act = inputs
+        i, f, gg, o = (act[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        dh = g_t + dh_next
+        dc = dc_next + dh * o * (1 - tc * tc)
+        delta = jnp.concatenate(
+            [
+                dc * gg * i * (1 - i),
+                dc * c_prev * f * (1 - f),
+                dc * i * (1 - gg * gg),
+                dh * tc * o * (1 - o),
+            ],
+            axis=1,
+        )
+        return (delta @ w_h.T, dc * f), delta
+
+    inputs = tuple(_time_major(a) for a in (g, _previous(c0, cs), tcs, acts))
+    zeros = (jnp.zeros_like(h0), jnp.zeros_like(c0))
+    (dh0, dc0), deltas = lax.scan(step, zeros, inputs, reverse=True)
+    deltas = _time_major(deltas)
+    dx, dw_x, dw_h = _shared_weight_grads(x, _previous(h0, hs), w_x, deltas, deltas)
+    return dx, dh0, dc0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
+
+
+lstm = register("lstm", _lstm_fwd, _lstm_bwd)
+
+
+# ---- GRU -------------------------------------------------------------------------------------
+
+
+def _gru_fwd(x, h0, w_x, w_h, b_x, b_h):
+    """The PyTorch / cuDNN GRU, gates in the order r, z, n along the last axis:
+
+    with u = x_t w_x + b_x and v = h_{t−1} w_h + b_h (each split into r, z, n thirds),
+    r = σ(u_r + v_r), z = σ(u_z + v_z), n = tanh(u_n + r ⊙ v_n) — the reset gate multiplies
+    v_n *after* the recurrent product and its bias —, h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}.
+    Shapes: x (N, T, I), h0 (N, H), w_x (I, 3H), w_h (H, 3H), b_x and b_h (3H,).
+    Residuals: x, h0, the weights, hs, the gate activations r, z, n (N, T, 3H) and v_n
+    (N, T, H), the one pre-activation piece the backward needs (∂n/∂r = (1 − n²) ⊙ v_n).
+    """
+    hidden = _check_cell("gru", 3, x, {"h0": h0}, w_x=w_x, w_h=w_h, b_x=b_x, b_h=b_h)
+    u = _input_projection(x, w_x, b_x)
+    b_h_row = jnp.reshape(b_h, (1, 3 * hidden))
+
+    def step(h, u_t):
+        v = h @ w_h + b_h_row
+        rz = lax.logistic(u_t[:, : 2 * hidden] + v[:, : 2 * hidden])
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        v_n = v[:, 2 * hidden :]
+        n = jnp.tanh(u_t[:, 2 * hidden :] + r * v_n)
+        h = (1 - z) * n + z * h
+        return h, (h, jnp.concatenate([rz, n], axis=1), v_n)
+
+    _, (hs, acts, v_ns) = lax.scan(step, h0, u)
+    hs, acts, v_ns = (_time_major(a) for a in (hs, acts, v_ns))
+    return hs, (x, h0, w_x, w_h, hs, acts, v_ns)
+
+
+def _gru_bwd(res, g):
+    """With dh = g_t + ∂C/∂h_t from t+1: δ_n = dh(1−z)(1−n²), δ_z = dh(h_{t−1}−n)z(1−z),
+    δ_r = δ_n v_n r(1−r);  δ_u = [δ_r, δ_z, δ_n], δ_v = [δ_r, δ_z, δ_n ⊙ r];
+    ∂C/∂h_{t−1} = dh ⊙ z + δ_v w_hᵀ;  dw_x = Σ xᵀδ_u, dw_h = Σ h_{t−1}ᵀδ_v.
+    """
+    x, h0, w_x, w_h, hs, acts, v_ns = res
+    hidden = h0.shape[1]
+
+    def step(dh_next, inputs):
+        g_t, h_prev, act, v_n = inputs
+        r, z, n = (act[:, k * hidden : (k + 1) * hidden] for k in range(3))
+        dh = g_t + dh_next
+        d_n = dh * (1 - z) * (1 - n * n)
+        d_z = dh * (h_prev - n) * z * (1 - z)
+        d_r = d_n * v_n * r * (1 - r)
+        d_u = jnp.concatenate([d_r, d_z, d_n], axis=1)
+        d_v = jnp.concatenate([d_r, d_z, d_n * r], axis=1)
+        return dh * z + d_v @ w_h.T, (d_u, d_v)
+
+    h_prev = _previous(h0, hs)
+    inputs = tuple(_time_major(a) for a in (g, h_prev, acts, v_ns))
+    dh0, (d_u, d_v) = lax.scan(step, jnp.zeros_like(h0), inputs, reverse=True)
+    d_u, d_v = _time_major(d_u), _time_major(d_v)
+    dx, dw_x, dw_h = _shared_weight_grads(x, h_prev, w_x, d_u, d_v)
+    return dx, dh0, dw_x, dw_h, jnp.sum(d_u, axis=(0, 1)), jnp.sum(d_v, axis=(0, 1))
+
+
+gru = register("gru", _gru_fwd, _gru_bwd)
+
+
+# ---- selecting the last step -----------------------------------------------------------------
+
+
+def _last_step_fwd(x):
+    """y[..., f] = x[..., T−1, f]: the last time step of a (..., T, F) sequence.
+
+    The residual is x's shape alone.
+    """
+    require_float("last_step", "x", x)
+    require_ndim("last_step", "x", x, at_least=2)
+    if x.shape[-2] < 1:
+        raise ValueError(f"last_step: x must have at least one time step, got {tuple(x.shape)}")
+    return x[..., -1, :], (tuple(x.shape),)
+
+
+def _last_step_bwd(res, g):
+    """dx[..., t, f] = g[..., f] if t = T−1 else 0 (g scattered into zeros)."""
+    (shape,) = res
+    return (jnp.zeros(shape, g.dtype).at[..., -1, :].set(g),)
+
+
+last_step = register("last_step", _last_step_fwd, _last_step_bwd)
