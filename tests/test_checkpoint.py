@@ -205,3 +205,15 @@ def test_cli_resume_refuses_changed_settings_and_bad_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         _cli("--epochs", "2", "--out", str(tmp_path / "none"), "--resume")
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("model", ["cnn", "gru"])
+def test_cli_trains_other_models(tmp_path, model, capsys):
+    from manual_bp.cli import main
+
+    out = tmp_path / model
+    args = ["train", "--model", model, "--hidden", "8", "--epochs", "1", "--out", str(out)]
+    assert main([*args, "--batch-size", "128"]) == 0
+    text = capsys.readouterr().out
+    assert f"{model} on 8x8" in text and "gradient check, first batch" in text and ": ok" in text
+    assert (out / "checkpoint.npz").is_file() and (out / "metrics.jsonl").is_file()

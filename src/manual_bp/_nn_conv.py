@@ -229,12 +229,15 @@ def LeNet(
     channels: tuple[int, int] = (6, 16),
     hidden: int = 64,
     activation: str = "relu",
+    kernel_size: tuple[int, int] = (3, 3),
+    pool: tuple[int, int] = (2, 2),
     name: str | None = None,
 ) -> Layer:
     """A LeNet-style classifier for small NHWC images (e.g. the (N, 8, 8, 1) digits):
 
-    conv 3×3 SAME → act → max-pool 2×2 → conv 3×3 SAME → act → max-pool 2×2 → flatten →
-    dense(hidden) → act → dense(num_classes), returning logits.
+    conv k SAME → act → max-pool p → conv k SAME → act → max-pool p → flatten →
+    dense(hidden) → act → dense(num_classes), returning logits; k = ``kernel_size`` (3×3),
+    p = ``pool`` (2×2). For 1-D signals laid out as (N, L, 1, 1) use e.g. k = (5, 1), p = (2, 1).
 
     Batch normalization is not part of it yet: it needs the train/eval state design that
     comes later.
@@ -254,12 +257,12 @@ def LeNet(
             raise ValueError(f"LeNet: {arg} must be a positive int, got {v!r}")
     act = _ACTIVATIONS[activation]
     return serial(
-        Conv2D(channels[0], (3, 3)),
+        Conv2D(channels[0], tuple(kernel_size)),
         act(),
-        MaxPool2D((2, 2)),
-        Conv2D(channels[1], (3, 3)),
+        MaxPool2D(tuple(pool)),
+        Conv2D(channels[1], tuple(kernel_size)),
         act(),
-        MaxPool2D((2, 2)),
+        MaxPool2D(tuple(pool)),
         Flatten(),
         Dense(hidden),
         act(),

@@ -78,11 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(command_parser=train)
     train.add_argument(
+        "--model",
+        choices=("mlp", "cnn", "lstm", "gru"),
+        default="mlp",
+        help="mlp; cnn (LeNet: 2D on square images, 1D on signals); lstm or gru (an image "
+        "row by row, a signal one value per step)",
+    )
+    train.add_argument(
         "--hidden",
         type=_hidden,
-        default="256",
+        default=None,
         metavar="W[,W...]",
-        help="hidden layer widths, comma-separated (e.g. 128,64)",
+        help="mlp: hidden widths, comma-separated (e.g. 128,64; default 256); cnn: its dense "
+        "width (default 128); lstm/gru: the state size (default 64)",
     )
     train.add_argument(
         "--activation",
@@ -229,6 +237,8 @@ def _optimizer(name: str, lr: float):
     return optax.adam(lr)
 
 
+_DEFAULT_HIDDEN = {"mlp": (256,), "cnn": (128,), "lstm": (64,), "gru": (64,)}
+
 _RESUME_KEYS = (
     "model",
     "dataset",
@@ -254,12 +264,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .data import load_dataset
     from .grad import value_and_grad, value_grad_and_deltas
     from .report import layer_norms, read_metrics, write_metrics, write_plots
-    from .train import fit, mlp, verify_gradients
+    from .train import build_model, fit, verify_gradients
 
     start = time.perf_counter()
     if args.out is None:
         tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.dataset.split("/")[-1])
-        args.out = f"runs/{tag}-mlp"
+        args.out = f"runs/{tag}-{args.model}"
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"argument --out: {out} exists and is not a directory")
@@ -270,6 +280,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         data = load_dataset(args.dataset, seed=args.seed)
     except (ImportError, ValueError) as e:
         parser.error(f"argument --dataset: {e}")
+    if args.hidden is None:
+        args.hidden = _DEFAULT_HIDDEN[args.model]
     n_train, n_features = data.x_train.shape
     if args.batch_size > n_train:
         parser.error(
@@ -277,7 +289,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"({n_train} examples)"
         )
     config = {
-        "model": "mlp",
+        "model": args.model,
         "dataset": data.name,
         "hidden": list(args.hidden),
         "activation": args.activation,
@@ -289,11 +301,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "epochs": args.epochs,
     }
 
-    net = mlp(args.hidden, data.num_classes, args.activation)
+    net, data = build_model(args.model, data, hidden=args.hidden, activation=args.activation)
     loss = "softmax_cross_entropy"
     optimizer = _optimizer(args.optimizer, args.lr)
     init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
-    params = net.init(init_key, (n_features,), jnp.float32)
+    params = net.init(init_key, (args.batch_size, *data.x_train.shape[1:]), jnp.float32)
     opt_state, start_epoch, records = None, 0, []
     if args.resume:
         try:
@@ -315,13 +327,18 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
-    widths = " -> ".join(str(w) for w in (n_features, *args.hidden, data.num_classes))
+    if args.model == "mlp":
+        widths = " -> ".join(str(w) for w in (n_features, *args.hidden, data.num_classes))
+        described = f"mlp {widths} ({args.activation}"
+    else:
+        shape = "x".join(str(v) for v in data.x_train.shape[1:])
+        described = f"{args.model} on {shape} inputs (hidden {args.hidden[0]}"
     print(
         f"{data.name}: {n_train} train / {len(data.x_test)} test examples, "
         f"{n_features} features, {data.num_classes} classes"
     )
     print(
-        f"mlp {widths} ({args.activation}, {num_params:,} parameters); {args.optimizer} "
+        f"{described}, {num_params:,} parameters); {args.optimizer} "
         f"lr={args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
         f"gradients: {args.grad}; output in {out}"
         + (f"; resuming after epoch {start_epoch}" if args.resume else "")

@@ -26,7 +26,7 @@ from ._registry import Rule, get_rule
 from .data import Dataset
 from .grad import value_and_grad, value_grad_and_deltas
 
-__all__ = ["ACTIVATIONS", "fit", "mlp", "verify_gradients"]
+__all__ = ["ACTIVATIONS", "MODELS", "build_model", "fit", "mlp", "verify_gradients"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
     "sigmoid": nn.Sigmoid,
@@ -71,6 +71,55 @@ def mlp(hidden: Sequence[int], num_classes: int, activation: str = "relu") -> nn
         layers += [nn.Dense(int(h)), ACTIVATIONS[activation]()]
     layers.append(nn.Dense(int(num_classes)))
     return nn.serial(*layers)
+
+
+MODELS = ("mlp", "cnn", "lstm", "gru")
+"""The model kinds :func:`build_model` (and ``manual-bp train --model``) builds."""
+
+
+def build_model(
+    kind: str,
+    data: Dataset,
+    *,
+    hidden: Sequence[int] = (128,),
+    activation: str = "relu",
+) -> tuple[nn.Layer, Dataset]:
+    """A classifier of ``kind`` for ``data``, and the data laid out for it.
+
+    The datasets hold flat examples (n, d). ``mlp`` uses them as they are, with ``hidden`` as
+    its widths. ``cnn`` is :func:`manual_bp.nn.LeNet` on square images (n, s, s, 1) when
+    d = s², else on 1-D signals (n, d, 1, 1) with 5×1 kernels and 2×1 pools; its dense layer
+    has ``hidden[0]`` units. ``lstm``/``gru`` read an image row by row (n, s, s), or a
+    signal one value per step (n, d, 1), with ``hidden[0]`` units, then classify the last step.
+    """
+    if kind not in MODELS:
+        raise ValueError(f"build_model: unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+    if kind == "mlp":
+        return mlp(hidden, data.num_classes, activation), data
+    d = int(data.x_train.shape[1])
+    side = math.isqrt(d)
+    image = side * side == d
+    width = int(hidden[0]) if len(hidden) else 64
+    if kind == "cnn":
+        shape = (side, side, 1) if image else (d, 1, 1)
+        kernel, pool = ((3, 3), (2, 2)) if image else ((5, 1), (2, 1))
+        net = nn.LeNet(
+            data.num_classes,
+            channels=(16, 32),
+            hidden=width,
+            activation=activation,
+            kernel_size=kernel,
+            pool=pool,
+        )
+    else:
+        shape = (side, side) if image else (d, 1)
+        make = nn.LSTMClassifier if kind == "lstm" else nn.GRUClassifier
+        net = make(width, data.num_classes)
+
+    def view(x: np.ndarray) -> np.ndarray:
+        return np.reshape(x, (x.shape[0], *shape))
+
+    return net, data._replace(x_train=view(data.x_train), x_test=view(data.x_test))
 
 
 def _accuracy(out: jax.Array, y: jax.Array) -> jax.Array:
