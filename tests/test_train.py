@@ -319,3 +319,13 @@ def test_cli_exits_1_when_the_gradient_check_fails(capsys, monkeypatch):
     assert "FAILED (worst: grads/dense_0/w)" in captured.out
     assert "train loss" not in captured.out
     assert "disagree with jax.grad" in captured.err
+
+
+def test_cli_adamw_with_clipping_runs_and_resume_checks_those_settings(tmp_path, capsys):
+    out = str(tmp_path / "w")
+    base = ["train", "--hidden", "8", "--epochs", "1", "--out", out, "--batch-size", "128"]
+    assert main([*base, "--optimizer", "adamw", "--clip-norm", "1.0"]) == 0
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--optimizer", "adamw", "--clip-norm", "2.0", "--resume", "--epochs", "2"])
+    assert info.value.code == 2
+    assert "clip_norm=1.0 (now 2.0)" in capsys.readouterr().err

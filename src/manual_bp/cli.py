@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_OPTIMIZERS = ("sgd", "momentum", "adam")
+_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 _GRADS = ("manual", "reference")
 
 
@@ -45,6 +45,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
     return value
 
 
@@ -109,7 +119,21 @@ def _parser() -> argparse.ArgumentParser:
         "--optimizer",
         choices=_OPTIMIZERS,
         default="adam",
-        help="optax optimizer: plain SGD, SGD with momentum 0.9, or Adam",
+        help="optax optimizer: plain SGD, SGD with momentum 0.9, Adam, or AdamW (decoupled "
+        "weight decay, see --weight-decay)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=1e-4,
+        help="AdamW's decoupled weight decay",
+    )
+    train.add_argument(
+        "--clip-norm",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="C",
+        help="clip the gradient to global norm C before the update (0: no clipping)",
     )
     train.add_argument(
         "--seed",
@@ -227,14 +251,18 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1 if failed else 0
 
 
-def _optimizer(name: str, lr: float):
+def _optimizer(name: str, lr: float, weight_decay: float = 0.0, clip_norm: float = 0.0):
     import optax
 
     if name == "sgd":
-        return optax.sgd(lr)
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    return optax.adam(lr)
+        opt = optax.sgd(lr)
+    elif name == "momentum":
+        opt = optax.sgd(lr, momentum=0.9)
+    elif name == "adamw":
+        opt = optax.adamw(lr, weight_decay=weight_decay)
+    else:
+        opt = optax.adam(lr)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm > 0 else opt
 
 
 _DEFAULT_HIDDEN = {"mlp": (256,), "cnn": (128,), "lstm": (64,), "gru": (64,)}
@@ -246,6 +274,8 @@ _RESUME_KEYS = (
     "activation",
     "optimizer",
     "lr",
+    "weight_decay",
+    "clip_norm",
     "batch_size",
     "seed",
     "grad",
@@ -295,6 +325,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "activation": args.activation,
         "optimizer": args.optimizer,
         "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "clip_norm": args.clip_norm,
         "batch_size": args.batch_size,
         "seed": args.seed,
         "grad": args.grad,
@@ -303,7 +335,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     net, data = build_model(args.model, data, hidden=args.hidden, activation=args.activation)
     loss = "softmax_cross_entropy"
-    optimizer = _optimizer(args.optimizer, args.lr)
+    optimizer = _optimizer(args.optimizer, args.lr, args.weight_decay, args.clip_norm)
     init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
     params = net.init(init_key, (args.batch_size, *data.x_train.shape[1:]), jnp.float32)
     opt_state, start_epoch, records = None, 0, []
