@@ -25,6 +25,7 @@ from .nn import (
     Silu,
     Softplus,
     Tanh,
+    _parameter_free,
     serial,
 )
 from .rules import conv as _conv
@@ -55,25 +56,6 @@ def _check_settings(op: str, rule: Rule, probe: Any, **static: Any) -> None:
         if type(e) not in (ValueError, TypeError):
             raise
         raise type(e)(f"{op}: {e}") from None
-
-
-def _stateless(kind: str, rule: Rule, name: str | None, output_shape, **static: Any) -> Layer:
-    """A parameter-free layer applying one single-input rule; its tape is the residuals."""
-
-    def init(key, input_shape, dtype=jnp.float32):
-        del key, input_shape, dtype
-        return {}
-
-    def forward(params, x):
-        del params
-        return rule.fwd(x, **static)
-
-    def backward(params, tape, dy):
-        del params
-        (dx,) = rule.bwd(tape, dy, **static)
-        return {}, {}, dx
-
-    return Layer(name, kind, dict(static), init, forward, backward, output_shape)
 
 
 def Conv2D(
@@ -166,7 +148,7 @@ def _Pool(
         geometry = lambda s: _conv._pool_geometry(op, s, **static)  # noqa: E731
         return (*_spatial_out(op, input_shape, geometry), tuple(input_shape)[3])
 
-    return _stateless(kind, rule, name, output_shape, **static)
+    return _parameter_free(kind, rule, name, output_shape, **static)
 
 
 def MaxPool2D(
@@ -208,7 +190,7 @@ def Flatten(*, name: str | None = None) -> Layer:
             raise ValueError(f"Flatten: input_shape must have rank >= 1, got {input_shape}")
         return (input_shape[0], math.prod(input_shape[1:]))
 
-    return _stateless("flatten", _conv.flatten, name, output_shape)
+    return _parameter_free("flatten", _conv.flatten, name, output_shape)
 
 
 _ACTIVATIONS: dict[str, Callable[[], Layer]] = {

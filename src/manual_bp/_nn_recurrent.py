@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import require_ndim
-from .nn import Dense, Layer, serial
+from .nn import Dense, Layer, _parameter_free, serial
 from .rules import recurrent as _rec
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUClassifier", "LSTMClassifier", "LastStep"]
@@ -101,26 +101,13 @@ def GRU(hidden: int, *, w_init: Callable[..., Any] | None = None, name: str | No
 def LastStep(*, name: str | None = None) -> Layer:
     """y = x[..., T−1, :], the last step of a sequence; its delta is zero at every other step."""
 
-    def init(key, input_shape, dtype=jnp.float32):
-        del key, input_shape, dtype
-        return {}
-
-    def forward(params, x):
-        del params
-        return _rec.last_step.fwd(x)
-
-    def backward(params, tape, dy):
-        del params
-        (dx,) = _rec.last_step.bwd(tape, dy)
-        return {}, {}, dx
-
     def output_shape(input_shape):
         shape = tuple(input_shape)
         if len(shape) < 2:
             raise ValueError(f"LastStep: input_shape must have rank >= 2, got {shape}")
         return (*shape[:-2], shape[-1])
 
-    return Layer(name, "last_step", {}, init, forward, backward, output_shape)
+    return _parameter_free("last_step", _rec.last_step, name, output_shape)
 
 
 def LSTMClassifier(hidden: int, num_classes: int, *, name: str | None = None) -> Layer:

@@ -69,8 +69,15 @@ class Layer(NamedTuple):
 
 
 def _elementwise(kind: str, rule: Rule, name: str | None, **static: Any) -> Layer:
-    """A parameter-free layer that applies one single-input rule; its tape is the residuals."""
+    """A shape-preserving parameter-free layer; its static settings are checked right away."""
     jax.eval_shape(lambda z: rule.fwd(z, **static), jax.ShapeDtypeStruct((1,), jnp.float32))
+    return _parameter_free(kind, rule, name, lambda shape: tuple(shape), **static)
+
+
+def _parameter_free(
+    kind: str, rule: Rule, name: str | None, output_shape: Callable[[Shape], Shape], **static: Any
+) -> Layer:
+    """A parameter-free layer that applies one single-input rule; its tape is the residuals."""
 
     def init(key, input_shape, dtype=jnp.float32):
         del key, input_shape, dtype
@@ -85,7 +92,7 @@ def _elementwise(kind: str, rule: Rule, name: str | None, **static: Any) -> Laye
         (dx,) = rule.bwd(tape, dy, **static)
         return {}, {}, dx
 
-    return Layer(name, kind, dict(static), init, forward, backward, lambda shape: tuple(shape))
+    return Layer(name, kind, dict(static), init, forward, backward, output_shape)
 
 
 def Sigmoid(*, name: str | None = None) -> Layer:
