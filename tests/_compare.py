@@ -56,3 +56,28 @@ def assert_close(
             f"{tuple(int(j) for j in i)}: got {a[i]!r}, expected {e[i]!r} "
             f"(max abs err {float(err.max()):.3g}, scale {scale:.3g})"
         )
+
+
+def assert_matches_reference(name: str, got, expected, dtype) -> None:
+    """``got`` and ``expected`` are ``(C, grads, deltas)`` from manual_bp and the reference:
+    the loss, every gradient and every delta agree (float64 to 1e-10, float32 to 1e-4), with the
+    same names, dtypes and shapes, and no expected gradient or delta is vacuously all zero."""
+    import functools
+
+    import jax
+
+    (c, grads, deltas), (rc, rgrads, rdeltas) = got, expected
+    tol = 1e-10 if np.dtype(dtype) == np.dtype(jnp.float64) else 1e-4
+    assert c.dtype == dtype and c.shape == (), f"{name}: loss is {c.shape} {c.dtype}"
+    assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
+    assert jax.tree.structure(grads) == jax.tree.structure(rgrads), f"{name}: grad trees differ"
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        e = functools.reduce(lambda t, k: t[k.key], path, rgrads)
+        where = f"{name}: grad {jax.tree_util.keystr(path)}"
+        assert g.dtype == dtype and g.shape == e.shape, where
+        assert np.any(np.asarray(e, np.float64) != 0), f"{where} is vacuously zero"
+        assert_close(g, e, dtype, where, tol=tol)
+    assert set(deltas) == set(rdeltas), f"{name}: delta names {set(deltas)} vs {set(rdeltas)}"
+    for k in deltas:
+        assert np.any(np.asarray(rdeltas[k], np.float64) != 0), f"{name}: delta {k} is zero"
+        assert_close(deltas[k], rdeltas[k], dtype, f"{name}: delta {k}", tol=tol)

@@ -17,7 +17,7 @@ import pytest
 
 import manual_bp
 import reference
-from _compare import assert_close, random_cotangent, rng_for
+from _compare import assert_close, assert_matches_reference, random_cotangent, rng_for
 from manual_bp import RULES, nn
 
 F64, F32 = jnp.float64, jnp.float32
@@ -76,20 +76,7 @@ def _data(name, dtype):
 def test_grads_and_deltas_match_reference(name, dtype):
     _, manual, ref = _fns(name)
     params, x, y = _data(name, dtype)
-    (c, grads, deltas), (rc, rgrads, rdeltas) = manual(params, x, y), ref(params, x, y)
-    tol = 1e-10 if dtype == F64 else 1e-4
-    assert c.dtype == dtype
-    assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
-    assert jax.tree.structure(grads) == jax.tree.structure(rgrads)
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        expected = functools.reduce(lambda t, k: t[k.key], path, rgrads)
-        assert g.dtype == dtype and g.shape == expected.shape
-        assert np.any(np.asarray(expected, np.float64) != 0), f"{name}: zero grad {path}"
-        assert_close(g, expected, dtype, f"{name}: grad {jax.tree_util.keystr(path)}", tol=tol)
-    assert set(deltas) == set(rdeltas), f"{name}: delta names {set(deltas)} vs {set(rdeltas)}"
-    for k in deltas:
-        assert np.any(np.asarray(rdeltas[k], np.float64) != 0), f"{name}: delta {k} is zero"
-        assert_close(deltas[k], rdeltas[k], dtype, f"{name}: delta {k}", tol=tol)
+    assert_matches_reference(name, manual(params, x, y), ref(params, x, y), dtype)
 
 
 def test_lenet_layers_and_check_network():

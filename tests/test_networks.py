@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import reference
-from _compare import assert_close, rng_for
+from _compare import assert_close, assert_matches_reference, rng_for
 from manual_bp import nn, value_and_grad, value_grad_and_deltas
 
 ACTIVATIONS = {
@@ -114,20 +114,7 @@ CASES = [
 def test_grads_and_deltas_match_reference(name, dtype, jit):
     _, _, manual, ref = _fns(name, jit)
     params, x, y = _data(name, dtype)
-    c, grads, deltas = manual(params, x, y)
-    rc, rgrads, rdeltas = ref(params, x, y)
-    tol = 1e-10 if dtype == jnp.float64 else 1e-4
-    assert c.dtype == dtype and c.shape == ()
-    assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
-    assert jax.tree.structure(grads) == jax.tree.structure(rgrads)
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        expected = functools.reduce(lambda t, k: t[k.key], path, rgrads)
-        assert g.dtype == dtype
-        assert_close(g, expected, dtype, f"{name}: grad {jax.tree_util.keystr(path)}", tol=tol)
-    assert set(deltas) == set(rdeltas), f"{name}: delta names {set(deltas)} vs {set(rdeltas)}"
-    for k in deltas:
-        assert np.any(np.asarray(rdeltas[k], np.float64) != 0), f"{name}: delta {k} is zero"
-        assert_close(deltas[k], rdeltas[k], dtype, f"{name}: delta {k}", tol=tol)
+    assert_matches_reference(name, manual(params, x, y), ref(params, x, y), dtype)
 
 
 def test_extra_leading_batch_dims():

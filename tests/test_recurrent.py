@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reference
-from _compare import assert_close, random_cotangent, rng_for
+from _compare import assert_close, assert_matches_reference, random_cotangent, rng_for
 from manual_bp import RULES, check_network, nn, value_grad_and_deltas
 
 N, T, I, H, CLASSES = 3, 5, 4, 6, 3
@@ -57,23 +57,11 @@ def _data(name, dtype):
 def test_classifier_grads_and_deltas_match_reference(name, dtype):
     _, manual, ref = _fns(name)
     params, x, y = _data(name, dtype)
-    c, grads, deltas = manual(params, x, y)
-    rc, rgrads, rdeltas = ref(params, x, y)
-    tol = 1e-10 if dtype == jnp.float64 else 1e-4
-    assert c.dtype == dtype and c.shape == ()
-    assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
-    assert jax.tree.structure(grads) == jax.tree.structure(rgrads)
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        expected = functools.reduce(lambda t, k: t[k.key], path, rgrads)
-        where = f"{name}: grad {jax.tree_util.keystr(path)}"
-        assert g.dtype == dtype and g.shape == expected.shape, where
-        assert np.any(np.asarray(expected, np.float64) != 0), f"{where} is vacuously zero"
-        assert_close(g, expected, dtype, where, tol=tol)
+    got = manual(params, x, y)
+    assert_matches_reference(name, got, ref(params, x, y), dtype)
+    deltas = got[2]
     rnn_layer = f"{name}_0"
-    assert set(deltas) == set(rdeltas) == {rnn_layer, "last_step_1", "dense_2"}
-    for k in deltas:
-        assert np.any(np.asarray(rdeltas[k], np.float64) != 0), f"{name}: delta {k} is zero"
-        assert_close(deltas[k], rdeltas[k], dtype, f"{name}: delta {k}", tol=tol)
+    assert set(deltas) == {rnn_layer, "last_step_1", "dense_2"}
     # only the last step reaches the head: the recurrent layer's delta is zero before it
     assert not np.any(np.asarray(deltas[rnn_layer][:, :-1]))
     assert deltas[rnn_layer].shape == (N, T, H)
