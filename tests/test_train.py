@@ -329,3 +329,10 @@ def test_cli_adamw_with_clipping_runs_and_resume_checks_those_settings(tmp_path,
         main([*base, "--optimizer", "adamw", "--clip-norm", "2.0", "--resume", "--epochs", "2"])
     assert info.value.code == 2
     assert "clip_norm=1.0 (now 2.0)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_cnn_reaches_98_percent_on_digits(capsys):
+    assert main(["train", "--model", "cnn", "--lr", "0.002", "--epochs", "40"]) == 0
+    accuracy = float(re.search(r"final test accuracy ([\d.]+)%", capsys.readouterr().out)[1])
+    assert accuracy >= 98.0

@@ -236,3 +236,15 @@ def test_cli_verify_rejects_an_unknown_rule():
     with pytest.raises(SystemExit) as info:
         main(["verify", "--rule", "nope"])
     assert info.value.code == 2
+
+
+@pytest.mark.slow
+def test_audit_of_the_whole_registry_in_float64_passes():
+    """What `manual-bp verify` runs, for every registered rule (element-wise float64 finite
+    differences included)."""
+    from manual_bp.audit import audit
+
+    results = audit(dtypes=["float64"], networks=False)
+    failed = [(r["name"], r["diagnoses"]) for r in results if not r["ok"]]
+    assert not failed, failed
+    assert {r["rule"] for r in results} == set(RULES)
