@@ -248,6 +248,18 @@ def _evaluator(rule: Rule, static: tuple, diff: tuple, ref_fn: Any):
 
 
 @_try_cache
+def _bwd64(rule: Rule, static: tuple):
+    """The rule's forward and backward, jitted (used on float64 copies of the primals)."""
+    kw = dict(static)
+
+    def run(primals, g):
+        _, res = rule.fwd(*primals, **kw)
+        return rule.bwd(res, g, **kw)
+
+    return jax.jit(run)
+
+
+@_try_cache
 def _fd_evaluator(rule: Rule, static: tuple, index: int):
     """Jitted float64 central and one-sided differences of φ(x) = ⟨g, fwd(x)⟩ along each
     basis direction of primal ``index`` (or along given directions)."""
@@ -351,7 +363,7 @@ def check_rule(
     if not diff:
         raise TypeError(f"check_rule({rule.name!r}): no floating primal to differentiate")
     names = _primal_names(rule, len(primals))
-    out, _ = rule.fwd(*primals, **static)
+    out = jax.eval_shape(lambda *p: rule.fwd(*p, **static)[0], *primals)
     if not _is_float(out):
         raise TypeError(f"check_rule({rule.name!r}): the output must be floating, got {out.dtype}")
     dtype = np.dtype(primals[diff[0]].dtype)
@@ -511,8 +523,7 @@ def _finite_differences(rule, static, primals, g, i):
         x = p64[i]
         if not bool(jnp.all(jnp.isfinite(x))):
             return None
-        _, res = rule.fwd(*p64, **static)
-        a = rule.bwd(res, g64, **static)[i]
+        a = _bwd64(rule, tuple(sorted(static.items())))(p64, g64)[i]
         if a is None or a.shape != x.shape:
             return None
         a = np.asarray(a, np.float64)
