@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import jax
@@ -14,6 +15,7 @@ from manual_bp.checkpoint import load_checkpoint, save_checkpoint
 from manual_bp.data import Dataset
 from manual_bp.train import fit, mlp
 
+DIGITS_TRAIN = 1437  # training examples of the digits split
 RNG = np.random.default_rng(0)
 DATA = Dataset(
     RNG.standard_normal((96, 6)).astype(np.float32),
@@ -182,6 +184,9 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path):
     first, second = _arrays(a / "checkpoint.npz"), _arrays(b / "checkpoint.npz")
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[k], second[k]) for k in first)
+    with np.load(b / "checkpoint.npz", allow_pickle=False) as z:
+        config = json.loads(z["meta/config"].tobytes().decode())
+    assert config["step"] == 3 * (DIGITS_TRAIN // 64) and config["batch_size"] == 64
     lines_a = (a / "metrics.jsonl").read_text().splitlines()
     lines_b = (b / "metrics.jsonl").read_text().splitlines()
     assert len(lines_a) == len(lines_b) == 3

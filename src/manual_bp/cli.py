@@ -419,8 +419,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 checks_failed.append(epoch)
         records.append(record)
         write_metrics(metrics_path, records)
+        steps = epoch * (n_train // args.batch_size)  # optimizer steps taken so far
         save_checkpoint(
-            ckpt_path, params=p, opt_state=state, epoch=epoch, key=shuffle_key, config=config
+            ckpt_path,
+            params=p,
+            opt_state=state,
+            epoch=epoch,
+            key=shuffle_key,
+            config={**config, "step": steps},
         )
         if bar is not None:
             bar.update(1)
