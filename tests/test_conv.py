@@ -26,7 +26,8 @@ KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 # ---- whole networks ---------------------------------------------------------------------------
 
 NETWORKS = {
-    "lenet-relu": lambda: nn.LeNet(5, channels=(3, 4), hidden=6),
+    # conv (no bias) → batch norm → relu → pool, twice; dropout before the last dense layer
+    "lenet-relu": lambda: nn.LeNet(5, channels=(3, 4), hidden=6, dropout=0.2),
     # strides, explicit asymmetric padding, dilation, groups and average pooling in one network
     "strided-grouped": lambda: nn.serial(
         nn.Conv2D(4, (3, 3), strides=(2, 1), padding="SAME"),
@@ -42,11 +43,28 @@ INPUT = (4, 8, 8, 1)
 
 
 @functools.cache
-def _fns(name):
+def _fns(name, train=True):
+    """Jitted ``f(params, state, x, y, key) -> ((C, new_state), grads, deltas)`` of both sides
+    (the state is ``{}`` per layer for networks without batch norm)."""
     net = NETWORKS[name]()
-    manual = jax.jit(manual_bp.value_grad_and_deltas(net, "softmax_cross_entropy"))
-    ref = jax.jit(reference.value_grad_and_deltas(net, "softmax_cross_entropy"))
-    return net, manual, ref
+    loss = "softmax_cross_entropy"
+    manual = manual_bp.value_grad_and_deltas(net, loss, has_state=True, train=train)
+    ref = reference.value_grad_and_deltas(net, loss, has_state=True, train=train)
+    return net, jax.jit(manual), jax.jit(ref)
+
+
+def _state(net, dtype, rng):
+    """Running statistics away from their initial 0 and 1, so evaluation mode uses them."""
+    shapes = jax.eval_shape(lambda k: net.init_state(k, INPUT, dtype), KEY)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray(
+            rng.uniform(0.5, 2.0, s.shape)
+            if path[-1].key == "var"
+            else 0.3 * rng.standard_normal(s.shape),
+            dtype,
+        ),
+        shapes,
+    )
 
 
 def _data(name, dtype):
@@ -65,36 +83,62 @@ def _data(name, dtype):
         shapes,
     )
     y = jnp.asarray(rng.integers(0, 5, size=INPUT[:1]), jnp.int32)
-    return params, x, y
+    return params, _state(net, dtype, rng), x, y
 
 
 @pytest.mark.parametrize(
-    ("name", "dtype"),
-    [("lenet-relu", F64), ("lenet-relu", F32), ("strided-grouped", F64)],
-    ids=lambda v: v if isinstance(v, str) else np.dtype(v).name,
+    ("name", "dtype", "train"),
+    [
+        ("lenet-relu", F64, True),
+        ("lenet-relu", F32, True),
+        ("lenet-relu", F64, False),
+        ("strided-grouped", F64, True),
+    ],
+    ids=lambda v: (
+        v if isinstance(v, str) else f"train={v}" if isinstance(v, bool) else np.dtype(v).name
+    ),
 )
-def test_grads_and_deltas_match_reference(name, dtype):
-    _, manual, ref = _fns(name)
-    params, x, y = _data(name, dtype)
-    assert_matches_reference(name, manual(params, x, y), ref(params, x, y), dtype)
+def test_grads_deltas_and_new_state_match_reference(name, dtype, train):
+    _, manual, ref = _fns(name, train)
+    params, state, x, y = _data(name, dtype)
+    key = jax.random.key(7)
+    (c, new_state), grads, deltas = manual(params, state, x, y, key)
+    (rc, r_new_state), rgrads, rdeltas = ref(params, state, x, y, key)
+    assert_matches_reference(name, (c, grads, deltas), (rc, rgrads, rdeltas), dtype)
+    assert jax.tree.structure(new_state) == jax.tree.structure(r_new_state)
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(r_new_state), strict=True):
+        assert_close(a, b, dtype, f"{name}: new state", tol=1e-10 if dtype == F64 else 1e-5)
+    changed = [
+        bool(np.any(a != b))
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state), strict=True)
+    ]
+    if train:  # training mode moves every running statistic; evaluation mode keeps them
+        assert all(changed), name
+    else:
+        assert not any(changed), name
 
 
 def test_lenet_layers_and_check_network():
     net, _, _ = _fns("lenet-relu")
     assert [layer.kind for layer in net.children] == [
         "conv2d",
+        "batch_norm",
         "relu",
         "max_pool2d",
         "conv2d",
+        "batch_norm",
         "relu",
         "max_pool2d",
         "flatten",
         "dense",
         "relu",
+        "dropout",
         "dense",
     ]
-    params, x, y = _data("lenet-relu", F64)
-    report = manual_bp.check_network(net, "softmax_cross_entropy", params, x, y)
+    params, state, x, y = _data("lenet-relu", F64)
+    report = manual_bp.check_network(
+        net, "softmax_cross_entropy", params, x, y, state=state, key=jax.random.key(3)
+    )
     assert report.ok, str(report)
     assert len(report.layers) == len(net.children)
 

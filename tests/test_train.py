@@ -15,7 +15,7 @@ from manual_bp import nn
 from manual_bp.cli import main
 from manual_bp.data import Dataset, load_digits
 from manual_bp.rules import softmax_cross_entropy
-from manual_bp.train import fit, mlp, verify_gradients
+from manual_bp.train import build_model, fit, mlp, verify_gradients
 
 LOSS = "softmax_cross_entropy"
 SHORT = {"epochs": 3, "batch_size": 64}
@@ -136,7 +136,7 @@ def test_fit_improves_test_loss(digits, short_run):
     net, params = _net_and_params()
     out, _ = net.forward(params, jnp.asarray(digits.x_test))
     initial = float(softmax_cross_entropy(out, jnp.asarray(digits.y_test)))
-    _, history = short_run
+    history = short_run.history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert set(history[0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
     losses = [h["test_loss"] for h in history]
@@ -146,8 +146,8 @@ def test_fit_improves_test_loss(digits, short_run):
 
 
 def test_fit_is_deterministic(digits, short_run):
-    params, history = short_run
-    again, history_again = _short_fit(digits)
+    params, history = short_run.params, short_run.history
+    again, history_again, *_ = _short_fit(digits)
     assert jax.tree.structure(again) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params), strict=True):
         assert a.dtype == jnp.float32
@@ -157,8 +157,8 @@ def test_fit_is_deterministic(digits, short_run):
 
 
 def test_fit_manual_and_reference_gradients_train_alike(digits, short_run):
-    _, manual = short_run
-    _, ref = _short_fit(digits, grad_fn=reference.value_and_grad)
+    manual = short_run.history
+    ref = _short_fit(digits, grad_fn=reference.value_and_grad).history
     for m, r in zip(manual, ref, strict=True):
         assert m["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
         assert m["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
@@ -186,6 +186,37 @@ def test_fit_rejects_bad_counts(digits, epochs, batch_size, match):
             batch_size=batch_size,
             key=jax.random.key(0),
         )
+
+
+def test_fit_carries_batch_norm_state_and_dropout_keys(digits):
+    """LeNet with batch norm and dropout: the manual and the jax.grad loops train alike, the
+    running statistics move away from (0, 1) and agree, and evaluation uses them."""
+    net, data = build_model("cnn", digits, hidden=(16,), dropout=0.3)
+    params = net.init(jax.random.key(0), (64, 8, 8, 1), jnp.float32)
+
+    def run(grad_fn=None):
+        return fit(
+            net,
+            LOSS,
+            params,
+            data,
+            optimizer=optax.adam(1e-2),
+            epochs=2,
+            batch_size=64,
+            key=jax.random.key(1),
+            grad_fn=grad_fn,
+        )
+
+    manual, ref = run(), run(reference.value_and_grad)
+    for m, r in zip(manual.history, ref.history, strict=True):
+        assert m["train_loss"] == pytest.approx(r["train_loss"], rel=1e-3)
+        assert m["test_accuracy"] == pytest.approx(r["test_accuracy"], abs=2.5 / 360)
+    assert manual.history[-1]["test_accuracy"] > 0.7
+    for bn in ("batch_norm_1", "batch_norm_5"):
+        mean, var = manual.state[bn]["mean"], manual.state[bn]["var"]
+        assert np.all(np.asarray(mean) != 0) and np.all(np.asarray(var) != 1)
+        np.testing.assert_allclose(mean, ref.state[bn]["mean"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(var, ref.state[bn]["var"], rtol=1e-3, atol=1e-3)
 
 
 # --- verify_gradients ---------------------------------------------------------------------
@@ -302,7 +333,7 @@ def test_cli_exits_1_when_the_gradient_check_fails(capsys, monkeypatch):
         "tolerance": 1e-4,
         "ok": False,
     }
-    monkeypatch.setattr(manual_bp.train, "verify_gradients", lambda *args: failed)
+    monkeypatch.setattr(manual_bp.train, "verify_gradients", lambda *args, **kwargs: failed)
     assert main(["train", "--hidden", "8"]) == 1
     captured = capsys.readouterr()
     assert "FAILED (worst: grads/dense_0/w)" in captured.out

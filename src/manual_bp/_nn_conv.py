@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._nn_modes import BatchNorm, Dropout
 from ._registry import Rule
 from .nn import (
     Dense,
@@ -66,6 +67,7 @@ def Conv2D(
     padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME",
     dilation: int | tuple[int, int] = (1, 1),
     groups: int = 1,
+    use_bias: bool = True,
     w_init: Callable[..., Any] | None = None,
     name: str | None = None,
 ) -> Layer:
@@ -73,8 +75,10 @@ def Conv2D(
 
     ``params = {"w": (kh, kw, C / groups, features), "b": (features,)}``; ``w`` starts from
     ``w_init(key, shape, dtype)`` (default LeCun normal, variance 1 / (kh·kw·C / groups)),
-    ``b`` at zero. As for :func:`~manual_bp.nn.Dense`, the tape is the input activation ``a``
-    alone (∂z/∂w is built from it) and ``w`` comes from the parameters in the backward pass.
+    ``b`` at zero. ``use_bias=False`` drops ``b`` (b = 0), as before a batch norm, which
+    subtracts any per-channel constant again (so ∂C/∂b would be identically 0).
+    As for :func:`~manual_bp.nn.Dense`, the tape is the input activation ``a`` alone (∂z/∂w is
+    built from it) and ``w`` comes from the parameters in the backward pass.
     """
     if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
         raise ValueError(f"Conv2D: features must be a positive int, got {features!r}")
@@ -89,6 +93,8 @@ def Conv2D(
     }
     if features % groups:
         raise ValueError(f"Conv2D: features ({features}) must be divisible by groups={groups}")
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"Conv2D: use_bias must be a bool, got {use_bias!r}")
     w_init = w_init or jax.nn.initializers.lecun_normal()
 
     def w_shape(input_shape):
@@ -112,15 +118,18 @@ def Conv2D(
             ),
             **static,
         )
-        return {"w": w_init(key, shape, dtype), "b": jnp.zeros((features,), dtype)}
+        w = w_init(key, shape, dtype)
+        return {"w": w, "b": jnp.zeros((features,), dtype)} if use_bias else {"w": w}
 
-    def forward(params, x):
-        z, (a, _) = _conv.conv2d.fwd(x, params["w"], params["b"], **static)
+    def forward(params, x, ctx=None):
+        w = params["w"]
+        b = params["b"] if use_bias else jnp.zeros((features,), w.dtype)
+        z, (a, _) = _conv.conv2d.fwd(x, w, b, **static)
         return z, a
 
     def backward(params, tape, dz):
         da, dw, db = _conv.conv2d.bwd((tape, params["w"]), dz, **static)
-        return {"w": dw, "b": db}, {}, da
+        return ({"w": dw, "b": db} if use_bias else {"w": dw}), {}, da
 
     def output_shape(input_shape):
         geometry = lambda s: _conv._conv_geometry(  # noqa: E731
@@ -128,7 +137,7 @@ def Conv2D(
         )
         return (*_spatial_out("Conv2D", input_shape, geometry), features)
 
-    config = {"features": features, "kernel_size": kernel_size, **static}
+    config = {"features": features, "kernel_size": kernel_size, **static, "use_bias": use_bias}
     return Layer(name, "conv2d", config, init, forward, backward, output_shape)
 
 
@@ -213,16 +222,19 @@ def LeNet(
     activation: str = "relu",
     kernel_size: tuple[int, int] = (3, 3),
     pool: tuple[int, int] = (2, 2),
+    batch_norm: bool = True,
+    dropout: float = 0.0,
     name: str | None = None,
 ) -> Layer:
     """A LeNet-style classifier for small NHWC images (e.g. the (N, 8, 8, 1) digits):
 
-    conv k SAME → act → max-pool p → conv k SAME → act → max-pool p → flatten →
-    dense(hidden) → act → dense(num_classes), returning logits; k = ``kernel_size`` (3×3),
-    p = ``pool`` (2×2). For 1-D signals laid out as (N, L, 1, 1) use e.g. k = (5, 1), p = (2, 1).
-
-    Batch normalization is not part of it yet: it needs the train/eval state design that
-    comes later.
+    conv k SAME (no bias) → batch norm → act → max-pool p → conv k SAME (no bias) → batch norm →
+    act → max-pool p → flatten → dense(hidden) → act → [dropout] → dense(num_classes), returning
+    logits;
+    k = ``kernel_size`` (3×3), p = ``pool`` (2×2). For 1-D signals laid out as (N, L, 1, 1) use
+    e.g. k = (5, 1), p = (2, 1). ``batch_norm=False`` leaves the normalizations out (the
+    network then has no state); ``dropout`` > 0 adds a :func:`~manual_bp.nn.Dropout` before
+    the last dense layer.
     """
     if activation not in _ACTIVATIONS:
         raise ValueError(
@@ -237,17 +249,24 @@ def LeNet(
     for arg, v in (("num_classes", num_classes), ("hidden", hidden)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"LeNet: {arg} must be a positive int, got {v!r}")
+    if not isinstance(batch_norm, bool):
+        raise TypeError(f"LeNet: batch_norm must be a bool, got {batch_norm!r}")
     act = _ACTIVATIONS[activation]
+    norm = [BatchNorm] if batch_norm else []
+    drop = [Dropout(dropout)] if dropout else []
     return serial(
-        Conv2D(channels[0], tuple(kernel_size)),
+        Conv2D(channels[0], tuple(kernel_size), use_bias=not batch_norm),
+        *[n() for n in norm],
         act(),
         MaxPool2D(tuple(pool)),
-        Conv2D(channels[1], tuple(kernel_size)),
+        Conv2D(channels[1], tuple(kernel_size), use_bias=not batch_norm),
+        *[n() for n in norm],
         act(),
         MaxPool2D(tuple(pool)),
         Flatten(),
         Dense(hidden),
         act(),
+        *drop,
         Dense(num_classes),
         name=name,
     )

@@ -47,7 +47,7 @@ def _recurrent(kind: str, hidden: int, name: str | None, w_init: Callable[..., A
         params.update({s: jnp.zeros((hidden,), dtype) for s in states})
         return params
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         require_ndim(kind, "x", x, exactly=3)
         batch = (x.shape[0], hidden)
         initial = [jnp.broadcast_to(jnp.reshape(params[s], (1, hidden)), batch) for s in states]

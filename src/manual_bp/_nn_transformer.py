@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .nn import Dense, Gelu, Layer, serial
+from .nn import Dense, Gelu, Layer, child_context, serial
 from .rules import attention as _attention
 from .rules import embedding as _embedding
 from .rules import normalization as _norm
@@ -53,7 +53,7 @@ def LayerNorm(eps: float = 1e-5, *, name: str | None = None) -> Layer:
         d = int(input_shape[-1])
         return {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         return _norm.layer_norm.fwd(x, params["gamma"], params["beta"], eps=eps)
 
     def backward(params, tape, dy):
@@ -72,7 +72,7 @@ def RMSNorm(eps: float = 1e-6, *, name: str | None = None) -> Layer:
         del key
         return {"gamma": jnp.ones((int(input_shape[-1]),), dtype)}
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         return _norm.rms_norm.fwd(x, params["gamma"], eps=eps)
 
     def backward(params, tape, dy):
@@ -97,7 +97,7 @@ def Embedding(vocab: int, features: int, *, name: str | None = None) -> Layer:
         del input_shape
         return {"table": jax.random.normal(key, (vocab, features), dtype)}
 
-    def forward(params, ids):
+    def forward(params, ids, ctx=None):
         y, (ids, _) = _embedding.embedding.fwd(ids, params["table"])
         return y, ids
 
@@ -123,7 +123,7 @@ def PositionalEmbedding(max_len: int, *, name: str | None = None) -> Layer:
         shape = (max_len, int(input_shape[-1]))
         return {"table": 0.02 * jax.random.normal(key, shape, dtype)}
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         return _embedding.add_positions.fwd(x, params["table"])
 
     def backward(params, tape, dy):
@@ -160,7 +160,7 @@ def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None 
         params.update({b: jnp.zeros((d,), dtype) for b in _BIASES})
         return params
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         p = params
         bk = jnp.zeros_like(p["bq"])
         weights = [p[w] for w in _WEIGHTS]
@@ -183,7 +183,8 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
 
     x feeds two paths, so ∂C/∂x is their sum (the lecture's sum over every path):
     dx = dy + block's dx. ``params = {block.name: block params}``; an unnamed block is named
-    ``f"{block.kind}_0"``. ``deltas`` holds ``block.name`` → dy (∂C/∂(block output) = ∂C/∂y)
+    ``f"{block.kind}_0"``; the block runs in the context ``ctx.child(0, block.name)``.
+    ``deltas`` holds ``block.name`` → dy (∂C/∂(block output) = ∂C/∂y)
     and the block's own deltas under ``block.name + "/"``.
     """
     if not isinstance(block, Layer):
@@ -200,9 +201,15 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
             )
         return {b: block.init(key, input_shape, dtype)}
 
-    def forward(params, x):
-        h, tape = block.forward(params[b], x)
+    def init_state(key, input_shape, dtype=jnp.float32):
+        return {b: block.init_state(key, input_shape, dtype)}
+
+    def forward(params, x, ctx=None):
+        h, tape = block.forward(params[b], x, child_context(ctx, 0, b))
         return x + h, tape
+
+    def state_of(tape):
+        return {b: block.state_of(tape)}
 
     def backward(params, tape, dy):
         grads, inner, dx_block = block.backward(params[b], tape, dy)
@@ -210,7 +217,9 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
         deltas[b] = dy
         return {b: grads}, deltas, dy + dx_block  # both paths into x
 
-    return Layer(name, "residual", {}, init, forward, backward, _same_shape, (block,))
+    return Layer(
+        name, "residual", {}, init, forward, backward, _same_shape, (block,), init_state, state_of
+    )
 
 
 def TransformerLM(

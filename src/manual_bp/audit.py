@@ -42,8 +42,15 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Layer], str]] = {
         ),
         "softmax_cross_entropy",
     ),
+    "batch-norm-dropout": (
+        lambda: nn.serial(
+            nn.Dense(6), nn.BatchNorm(), nn.Tanh(), nn.Dropout(0.25), nn.Dense(5), nn.Dense(3)
+        ),
+        "softmax_cross_entropy",
+    ),
 }
-"""Bundled networks audited against the reference: (constructor, loss)."""
+"""Bundled networks audited against the reference: (constructor, loss). Networks with state or
+dropout run in training mode, with their initial state and a fixed key."""
 
 
 def _seed(*key: Any) -> np.random.Generator:
@@ -129,7 +136,16 @@ def audit(
                     net = make()
                     x = jnp.asarray(rng.standard_normal((8, 4)), dtype)
                     params = net.init(jax.random.key(0), x.shape, dtype)
-                    report = check_network(net, loss, params, x, _targets(loss, rng, 8, dtype))
+                    state = net.init_state(jax.random.key(0), x.shape, dtype)
+                    report = check_network(
+                        net,
+                        loss,
+                        params,
+                        x,
+                        _targets(loss, rng, 8, dtype),
+                        state=state if nn.has_state(net) else None,
+                        key=jax.random.key(1),
+                    )
                     worst_rel = max(lc.delta_max_rel for lc in report.layers)
                     result = {
                         "kind": "network",

@@ -412,4 +412,43 @@ TRANSFORMER_ROWS: tuple[Row, ...] = (
     ),
 )
 
-ROWS = ROWS + CONV_ROWS + RECURRENT_ROWS + TRANSFORMER_ROWS
+# ---- training/evaluation modes (rules/normalization.py batch norm, rules/stochastic.py) ---------
+
+
+def batch_norm_inference_args(rng, shape, dtype, domain):
+    """x (..., D), running mean and variance (D,) (variance in [0.5, 2]), γ near 1 and β."""
+    x = _float(rng, shape, dtype, domain)
+    d = shape[-1:]
+    mean = _float(rng, d, dtype, domain, scale=1.0)
+    var = jnp.asarray(rng.uniform(0.5, 2.0, size=d), dtype)
+    gamma = jnp.asarray(1.0 + 0.3 * rng.standard_normal(d), dtype)
+    return x, mean, var, gamma, _float(rng, d, dtype, "normal", scale=0.3)
+
+
+def dropout_args(rng, shape, dtype, domain):
+    """x and a raw PRNG key (uint32 key data) drawn from the row's generator."""
+    key = np.asarray(rng.integers(0, 2**32, size=(2,), dtype=np.uint64), np.uint32)
+    return _float(rng, shape, dtype, domain), jnp.asarray(key)
+
+
+MODE_ROWS: tuple[Row, ...] = (
+    Row("batch_norm", norm_args(True), ((6, 3), (2, 3, 3, 2)), diff=(0, 1, 2)),
+    Row(
+        "batch_norm",
+        norm_args(True),
+        ((4, 5),),
+        diff=(0, 1, 2),
+        static={"eps": 0.1},
+        label="batch_norm_eps0.1",
+    ),
+    Row(
+        "batch_norm_inference",
+        batch_norm_inference_args,
+        ((5, 3), (2, 3, 2, 4)),
+        diff=(0, 1, 2, 3, 4),
+    ),
+    Row("dropout", dropout_args, ((7, 5), (2, 3, 4)), static={"rate": 0.3}),
+    Row("dropout", dropout_args, ((6, 4),), static={"rate": 0.0}, label="dropout_rate0"),
+)
+
+ROWS = ROWS + CONV_ROWS + RECURRENT_ROWS + TRANSFORMER_ROWS + MODE_ROWS

@@ -8,55 +8,99 @@ from typing import Any
 import jax.numpy as jnp
 
 from ._registry import Rule, get_rule
-from .nn import Layer, check_input, check_params
+from .nn import Context, Layer, check_input, check_params, check_state, has_state
 
 __all__ = ["value_and_grad", "value_grad_and_deltas"]
 
 
-def _backprop(net: Layer, loss: Rule, params: Any, x: Any, y: Any):
+def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True):
     check_input(net, x)
     check_params(net, params, x.shape)
-    out, tape = net.forward(params, x)  # forward pass: keep every activation a (= ∂z/∂w)
+    if state is not None:
+        check_state(net, state, x.shape)
+    ctx = Context(train, key, state)
+    out, tape = net.forward(params, x, ctx)  # forward pass: keep every activation a (= ∂z/∂w)
     c, loss_res = loss.fwd(out, y)
     dout = loss.bwd(loss_res, jnp.ones_like(c))[0]  # output layer: ∂C/∂z from the loss itself
     grads, deltas, _ = net.backward(params, tape, dout)  # backward pass: the reversed network
-    return c, grads, deltas
+    new_state = net.state_of(tape) if state is not None else None
+    return c, new_state, grads, deltas
 
 
-def _as_parts(net: Layer, loss: Rule | str) -> tuple[Layer, Rule]:
+def _as_parts(net: Layer, loss: Rule | str, stateful: bool, train: bool) -> tuple[Layer, Rule]:
     if not isinstance(net, Layer):
         raise TypeError(f"expected a manual_bp.nn.Layer as the network, got {type(net).__name__}")
+    if not isinstance(stateful, bool) or not isinstance(train, bool):
+        raise TypeError(
+            f"has_state and train must be Python bools, got has_state={stateful!r}, train={train!r}"
+        )
+    if has_state(net) and not stateful:
+        raise ValueError(
+            f"the network {net.name or net.kind!r} keeps state (batch-norm statistics): use "
+            "value_and_grad(net, loss, has_state=True)(params, state, x, y), with "
+            "state = net.init_state(key, input_shape)"
+        )
     return net, get_rule(loss)
 
 
-def value_and_grad(net: Layer, loss: Rule | str) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
-    """``f(params, x, y) -> (C, ∂C/∂params)`` computed by the handwritten backward pass.
+def value_and_grad(
+    net: Layer, loss: Rule | str, *, has_state: bool = False, train: bool = True
+) -> Callable[..., tuple[Any, Any]]:
+    """``f(params, x, y, key=None) -> (C, ∂C/∂params)`` from the handwritten backward pass.
 
     Same shape of result as ``jax.value_and_grad(lambda p, x, y: loss(net(p, x), y))``, so
     either can stand in for the other. ``loss`` is a loss :class:`~manual_bp.Rule` or its name.
     Works under ``jax.jit``; the params tree and input are checked before tracing.
-    """
-    net, loss = _as_parts(net, loss)
 
-    def f(params, x, y):
-        c, grads, _ = _backprop(net, loss, params, x, y)
+    The forward pass runs in training mode (``train=True``: dropout draws its masks from
+    ``key``, batch norm uses the batch's statistics) or evaluation mode (``train=False``).
+    A network with state (batch norm) needs ``has_state=True``, which mirrors
+    ``jax.value_and_grad``'s ``has_aux``:
+    ``f(params, state, x, y, key=None) -> ((C, new_state), ∂C/∂params)``.
+    """
+    net, loss = _as_parts(net, loss, has_state, train)
+
+    if has_state:
+
+        def f_state(params, state, x, y, key=None):
+            c, new_state, grads, _ = _backprop(
+                net, loss, params, x, y, state=state, key=key, train=train
+            )
+            return (c, new_state), grads
+
+        return f_state
+
+    def f(params, x, y, key=None):
+        c, _, grads, _ = _backprop(net, loss, params, x, y, key=key, train=train)
         return c, grads
 
     return f
 
 
 def value_grad_and_deltas(
-    net: Layer, loss: Rule | str
-) -> Callable[[Any, Any, Any], tuple[Any, Any, dict[str, Any]]]:
-    """``f(params, x, y) -> (C, ∂C/∂params, deltas)``.
+    net: Layer, loss: Rule | str, *, has_state: bool = False, train: bool = True
+) -> Callable[..., tuple[Any, Any, dict[str, Any]]]:
+    """``f(params, x, y, key=None) -> (C, ∂C/∂params, deltas)``.
 
     ``deltas[name]`` is ∂C/∂(output of that layer): for a dense layer the lecture's ∂C/∂z,
     for an activation layer ∂C/∂a. Nested layers are named ``"outer/inner"``; the dict is in
-    forward order.
+    forward order. ``has_state`` and ``train`` as in :func:`value_and_grad`; with state,
+    ``f(params, state, x, y, key=None) -> ((C, new_state), ∂C/∂params, deltas)``.
     """
-    net, loss = _as_parts(net, loss)
+    net, loss = _as_parts(net, loss, has_state, train)
 
-    def f(params, x, y):
-        return _backprop(net, loss, params, x, y)
+    if has_state:
+
+        def f_state(params, state, x, y, key=None):
+            c, new_state, grads, deltas = _backprop(
+                net, loss, params, x, y, state=state, key=key, train=train
+            )
+            return (c, new_state), grads, deltas
+
+        return f_state
+
+    def f(params, x, y, key=None):
+        c, _, grads, deltas = _backprop(net, loss, params, x, y, key=key, train=train)
+        return c, grads, deltas
 
     return f

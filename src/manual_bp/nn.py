@@ -3,16 +3,30 @@
 Every layer is a :class:`Layer`, a NamedTuple of pure functions:
 
 * ``init(key, input_shape, dtype=float32) -> params``
-* ``forward(params, x) -> (y, tape)``: the forward pass keeps what the backward needs — for a
-  dense layer the input activation ``a``, which is ∂z/∂w;
+* ``forward(params, x, ctx=None) -> (y, tape)``: the forward pass keeps what the backward needs
+  — for a dense layer the input activation ``a``, which is ∂z/∂w;
 * ``backward(params, tape, dy) -> (grads, deltas, dx)``: turns ∂C/∂(output) into the
   gradients of its own parameters and ∂C/∂(input), which is the previous layer's delta.
   ``deltas`` maps the names of the layers *inside* it to ∂C/∂(their output).
-* ``output_shape(input_shape) -> shape``.
+* ``output_shape(input_shape) -> shape``;
+* ``init_state(key, input_shape, dtype=float32) -> state`` and ``state_of(tape) -> state``:
+  the layer's non-trained state (batch-norm running statistics), ``{}`` for most layers.
 
 ``kind``, ``config`` and ``children`` describe the layer (what it is and its settings) so that
 other code — the reference implementation, plots, checkpoints — can read a network without
 calling it.
+
+Modes, randomness and state
+---------------------------
+A forward pass runs in evaluation mode unless it is given a :class:`Context`
+``ctx = Context(train=True, key=k, state=s)``. Nothing is mutated: a layer reads its state from
+``ctx.state`` and the new state is read back from the tape, ``net.state_of(tape)``, a tree of
+the same structure as ``net.init_state(...)`` (a dict by layer name, like ``params``).
+Combinators hand child i the context ``ctx.child(i, name)``: the key folded with the child's
+position, ``jax.random.fold_in(key, i)``, and the state under the child's name. So every
+random layer draws from its own key, a network's masks are a pure function of (key, position),
+and the reference reproduces them from the description alone.
+:func:`manual_bp.value_and_grad` with ``has_state=True`` wraps all of this.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from .rules.softmax import log_softmax as _log_softmax_rule
 from .rules.softmax import softmax as _softmax_rule
 
 __all__ = [
+    "Context",
     "Dense",
     "Elu",
     "Gelu",
@@ -44,28 +59,69 @@ __all__ = [
     "Softplus",
     "Tanh",
     "check_params",
+    "check_state",
+    "has_state",
     "serial",
 ]
 
 Shape = tuple[int, ...]
 Params = Any
+State = Any
 Tape = Any
+
+
+class Context(NamedTuple):
+    """How a forward pass runs: ``train`` (a Python bool: training or evaluation mode), ``key``
+    (a PRNG key for random layers such as dropout, or ``None``) and ``state`` (this layer's
+    state, e.g. batch norm's running statistics, or ``None``).
+
+    ``forward(params, x)`` without a context is evaluation mode with no key and no state.
+    """
+
+    train: bool = False
+    key: Any = None
+    state: State = None
+
+    def child(self, index: int, name: str) -> Context:
+        """The context of a combinator's child ``index`` named ``name``: the key folded with
+        the index, ``jax.random.fold_in(key, index)``, and the state under ``name``."""
+        key = None if self.key is None else jax.random.fold_in(self.key, index)
+        state = None if self.state is None else self.state.get(name)
+        return Context(self.train, key, state)
+
+
+def _no_state(key, input_shape, dtype=jnp.float32) -> State:
+    del key, input_shape, dtype
+    return {}
+
+
+def _no_new_state(tape) -> State:
+    del tape
+    return {}
+
+
+def child_context(ctx: Context | None, index: int, name: str) -> Context | None:
+    """``ctx.child(index, name)``, or ``None`` (evaluation mode) when ``ctx`` is ``None``."""
+    return None if ctx is None else ctx.child(index, name)
 
 
 class Layer(NamedTuple):
     """A layer: its description (``name``, ``kind``, ``config``, ``children``) and its functions.
 
     ``name`` is ``None`` until a combinator such as :func:`serial` names it, unless given.
+    ``init_state`` and ``state_of`` default to "no state" (``{}``).
     """
 
     name: str | None
     kind: str
     config: Mapping[str, Any]
     init: Callable[..., Params]
-    forward: Callable[[Params, Any], tuple[Any, Tape]]
+    forward: Callable[..., tuple[Any, Tape]]
     backward: Callable[[Params, Tape, Any], tuple[Params, dict[str, Any], Any]]
     output_shape: Callable[[Shape], Shape]
     children: tuple[Layer, ...] = ()
+    init_state: Callable[..., State] = _no_state
+    state_of: Callable[[Tape], State] = _no_new_state
 
 
 def _elementwise(kind: str, rule: Rule, name: str | None, **static: Any) -> Layer:
@@ -83,7 +139,7 @@ def _parameter_free(
         del key, input_shape, dtype
         return {}
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         del params
         return rule.fwd(x, **static)
 
@@ -169,7 +225,7 @@ def Dense(
             "b": jnp.zeros((features,), dtype),
         }
 
-    def forward(params, x):
+    def forward(params, x, ctx=None):
         z, (a, _) = _linear.dense.fwd(x, params["w"], params["b"])
         return z, a
 
@@ -197,7 +253,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Compose layers in order: the output of each is the input of the next.
 
     Unnamed layers are named ``f"{kind}_{position}"`` (``dense_0``, ``sigmoid_1``, ...).
-    ``params`` is a dict from each layer's name to its params. The backward pass walks the
+    ``params`` (and ``state``) is a dict from each layer's name to its params (state); layer i
+    runs in the context ``ctx.child(i, name)``. The backward pass walks the
     layers in reverse: each receives ∂C/∂(its output) — recorded in ``deltas`` under its name —
     and hands ∂C/∂(its input) to the layer before it.
     """
@@ -221,14 +278,25 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             shape = layer.output_shape(shape)
         return params
 
-    def forward(params, x):
+    def init_state(key, input_shape, dtype=jnp.float32):
+        state, shape = {}, tuple(input_shape)
+        for layer, k in zip(named, jax.random.split(key, len(named)), strict=True):
+            state[layer.name] = layer.init_state(k, shape, dtype)
+            shape = layer.output_shape(shape)
+        return state
+
+    def forward(params, x, ctx=None):
         tape = []
-        for layer in named:
+        for i, layer in enumerate(named):
+            c = child_context(ctx, i, layer.name)
             x, t = _prefix_errors(
-                layer.name, lambda x=x, layer=layer: layer.forward(params[layer.name], x)
+                layer.name, lambda x=x, layer=layer, c=c: layer.forward(params[layer.name], x, c)
             )
             tape.append(t)  # the forward pass keeps every activation
         return x, tuple(tape)
+
+    def state_of(tape):
+        return {layer.name: layer.state_of(t) for layer, t in zip(named, tape, strict=True)}
 
     def backward(params, tape, dy):
         grads, deltas_reversed = {}, []
@@ -248,7 +316,9 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             shape = layer.output_shape(shape)
         return shape
 
-    return Layer(name, "serial", {}, init, forward, backward, output_shape, named)
+    return Layer(
+        name, "serial", {}, init, forward, backward, output_shape, named, init_state, state_of
+    )
 
 
 def _describe(x: Any) -> str:
@@ -257,19 +327,7 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-def check_params(net: Layer, params: Params, input_shape: Sequence[int]) -> None:
-    """Check that ``params`` has the structure, shapes and float dtypes ``net`` expects.
-
-    The expected tree is what ``net.init`` builds for ``input_shape`` (computed abstractly,
-    without allocating). Raises ValueError/TypeError naming the first mismatching path.
-    """
-    if not isinstance(net, Layer):
-        raise TypeError(f"expected a manual_bp.nn.Layer, got {type(net).__name__}")
-    expected = jax.eval_shape(
-        lambda k: net.init(k, tuple(input_shape)), jax.ShapeDtypeStruct((2,), jnp.uint32)
-    )
-    where = f"for an input of shape {tuple(input_shape)}"
-
+def _check_tree(expected: Any, got: Any, root: str, where: str) -> None:
     def walk(exp, got, path):
         if isinstance(exp, Mapping):
             if not isinstance(got, Mapping):
@@ -294,7 +352,39 @@ def check_params(net: Layer, params: Params, input_shape: Sequence[int]) -> None
         if not jnp.issubdtype(got.dtype, jnp.floating):
             raise TypeError(f"{path}: expected a floating dtype, got {got.dtype}")
 
-    walk(expected, params, "params")
+    walk(expected, got, root)
+
+
+def _expected(net: Layer, fn: Callable[..., Any], input_shape: Sequence[int]) -> Any:
+    if not isinstance(net, Layer):
+        raise TypeError(f"expected a manual_bp.nn.Layer, got {type(net).__name__}")
+    return jax.eval_shape(
+        lambda k: fn(k, tuple(input_shape)), jax.ShapeDtypeStruct((2,), jnp.uint32)
+    )
+
+
+def check_params(net: Layer, params: Params, input_shape: Sequence[int]) -> None:
+    """Check that ``params`` has the structure, shapes and float dtypes ``net`` expects.
+
+    The expected tree is what ``net.init`` builds for ``input_shape`` (computed abstractly,
+    without allocating). Raises ValueError/TypeError naming the first mismatching path.
+    """
+    expected = _expected(net, lambda k, s: net.init(k, s), input_shape)
+    _check_tree(expected, params, "params", f"for an input of shape {tuple(input_shape)}")
+
+
+def check_state(net: Layer, state: State, input_shape: Sequence[int]) -> None:
+    """Check that ``state`` matches what ``net.init_state`` builds for ``input_shape``;
+    ValueError/TypeError naming the first mismatching path."""
+    expected = _expected(net, lambda k, s: net.init_state(k, s), input_shape)
+    _check_tree(expected, state, "state", f"for an input of shape {tuple(input_shape)}")
+
+
+def has_state(net: Layer) -> bool:
+    """Whether ``net`` (or a layer inside it) keeps state, such as batch-norm statistics."""
+    if net.children:
+        return any(has_state(c) for c in net.children)
+    return net.init_state is not _no_state
 
 
 def check_input(net: Layer, x: Any) -> None:
@@ -306,9 +396,10 @@ def check_input(net: Layer, x: Any) -> None:
 
 
 # ---- layer families: each module lists its public layers in __all__ ------------------------
-from . import _nn_conv, _nn_recurrent, _nn_transformer  # noqa: E402
+from . import _nn_conv, _nn_modes, _nn_recurrent, _nn_transformer  # noqa: E402
 from ._nn_conv import *  # noqa: E402, F403
+from ._nn_modes import *  # noqa: E402, F403
 from ._nn_recurrent import *  # noqa: E402, F403
 from ._nn_transformer import *  # noqa: E402, F403
 
-__all__ += _nn_conv.__all__ + _nn_recurrent.__all__ + _nn_transformer.__all__
+__all__ += _nn_conv.__all__ + _nn_modes.__all__ + _nn_recurrent.__all__ + _nn_transformer.__all__

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from ._registry import Rule, get_rule
 from .data import Dataset
 from .grad import value_and_grad, value_grad_and_deltas
 
-__all__ = ["ACTIVATIONS", "MODELS", "build_model", "fit", "mlp", "verify_gradients"]
+__all__ = ["ACTIVATIONS", "MODELS", "FitResult", "build_model", "fit", "mlp", "verify_gradients"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
     "sigmoid": nn.Sigmoid,
@@ -40,7 +40,19 @@ ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
 }
 """The activation layers :func:`mlp` accepts, by name."""
 
-GradFn = Callable[[nn.Layer, Rule], Callable[[Any, Any, Any], tuple[Any, Any]]]
+GradFn = Callable[..., Callable[..., tuple[Any, Any]]]
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns: the trained ``params``, the per-epoch ``history``, the
+    network's final ``state`` (batch-norm statistics; ``{}`` per layer without) and the
+    optimizer's ``opt_state``."""
+
+    params: Any
+    history: list[dict[str, float]]
+    state: Any
+    opt_state: Any
+
 
 _RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 """Relative tolerance of :func:`verify_gradients`, by the least precise dtype compared."""
@@ -50,11 +62,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def mlp(hidden: Sequence[int], num_classes: int, activation: str = "relu") -> nn.Layer:
+def mlp(
+    hidden: Sequence[int], num_classes: int, activation: str = "relu", dropout: float = 0.0
+) -> nn.Layer:
     """A multilayer perceptron: ``serial(Dense(h₁), act, ..., Dense(h_k), act, Dense(c))``.
 
     Layers are named by position (``dense_0``, ``relu_1``, ..., ``dense_{2k}``). An empty
     ``hidden`` gives a linear model. ``activation`` is one of :data:`ACTIVATIONS`.
+    ``dropout`` > 0 puts a :func:`~manual_bp.nn.Dropout` after every hidden activation.
     """
     if isinstance(hidden, str) or not isinstance(hidden, Sequence):
         raise TypeError(f"mlp: hidden must be a sequence of ints, got {type(hidden).__name__}")
@@ -66,9 +81,10 @@ def mlp(hidden: Sequence[int], num_classes: int, activation: str = "relu") -> nn
     if activation not in ACTIVATIONS:
         known = ", ".join(ACTIVATIONS)
         raise ValueError(f"mlp: unknown activation {activation!r}; choose one of: {known}")
+    drop = [nn.Dropout(dropout)] if dropout else []
     layers: list[nn.Layer] = []
     for h in hidden:
-        layers += [nn.Dense(int(h)), ACTIVATIONS[activation]()]
+        layers += [nn.Dense(int(h)), ACTIVATIONS[activation](), *drop]
     layers.append(nn.Dense(int(num_classes)))
     return nn.serial(*layers)
 
@@ -83,6 +99,8 @@ def build_model(
     *,
     hidden: Sequence[int] = (128,),
     activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = True,
 ) -> tuple[nn.Layer, Dataset]:
     """A classifier of ``kind`` for ``data``, and the data laid out for it.
 
@@ -91,11 +109,12 @@ def build_model(
     d = s², else on 1-D signals (n, d, 1, 1) with 5×1 kernels and 2×1 pools; its dense layer
     has ``hidden[0]`` units. ``lstm``/``gru`` read an image row by row (n, s, s), or a
     signal one value per step (n, d, 1), with ``hidden[0]`` units, then classify the last step.
+    ``dropout`` goes to :func:`mlp` and LeNet; ``batch_norm`` to LeNet.
     """
     if kind not in MODELS:
         raise ValueError(f"build_model: unknown model {kind!r}; choose one of {', '.join(MODELS)}")
     if kind == "mlp":
-        return mlp(hidden, data.num_classes, activation), data
+        return mlp(hidden, data.num_classes, activation, dropout), data
     d = int(data.x_train.shape[1])
     side = math.isqrt(d)
     image = side * side == d
@@ -110,6 +129,8 @@ def build_model(
             activation=activation,
             kernel_size=kernel,
             pool=pool,
+            batch_norm=batch_norm,
+            dropout=dropout,
         )
     else:
         shape = (side, side) if image else (d, 1)
@@ -143,18 +164,22 @@ def fit(
     callback: Callable[[dict[str, float]], None] | None = None,
     opt_state: Any = None,
     start_epoch: int = 0,
-    on_epoch_end: Callable[[int, Any, Any], None] | None = None,
-) -> tuple[Any, list[dict[str, float]]]:
-    """Train ``params`` on ``data`` with mini-batch gradient descent; return them and a history.
+    on_epoch_end: Callable[[int, Any, Any, Any], None] | None = None,
+    state: Any = None,
+) -> FitResult:
+    """Train ``params`` on ``data`` with mini-batch gradient descent.
 
     Each step takes a batch (x_b, y_b) of B examples and applies
 
-    .. math:: C, g = \\mathrm{grad\\_fn}(net, loss)(θ, x_b, y_b), \\quad
-              (u, s) = \\mathrm{optimizer.update}(g, s, θ), \\quad θ ← θ + u.
+    .. math:: (C, σ'), g = \\mathrm{grad\\_fn}(net, loss)(θ, σ, x_b, y_b, k), \\quad
+              (u, s) = \\mathrm{optimizer.update}(g, s, θ), \\quad θ ← θ + u, \\quad σ ← σ'
 
-    Each epoch shuffles the training set with ``jax.random.fold_in(key, epoch)``, drops the
-    last incomplete batch, and runs its ``n // B`` steps as one ``jax.lax.scan`` inside one
-    ``jax.jit``. After it, the test split is evaluated in one jitted call.
+    in training mode, where σ is the network's state (batch-norm running statistics, carried
+    through the steps) and k the step's dropout key. Each epoch shuffles the training set with
+    ``jax.random.fold_in(key, epoch)``, drops the last incomplete batch, and runs its
+    ``n // B`` steps as one ``jax.lax.scan`` inside one ``jax.jit``; step i's key is
+    ``fold_in(fold_in(fold_in(key, epoch), STEP_KEYS), i)``. After it, the test split is
+    evaluated in evaluation mode (running statistics, no dropout) in one jitted call.
 
     Args:
       net: the network (a :class:`manual_bp.nn.Layer`).
@@ -165,20 +190,24 @@ def fit(
       epochs: number of passes over the training set (``0`` returns ``params`` unchanged).
       batch_size: examples per step, at most the training set's size.
       key: a JAX PRNG key for the shuffles.
-      grad_fn: ``grad_fn(net, loss) -> f(params, x, y) -> (C, ∂C/∂params)``; default
-        :func:`manual_bp.value_and_grad` (the handwritten backward). Pass
-        ``reference.value_and_grad`` to run the same loop on ``jax.grad``.
+      grad_fn: ``grad_fn(net, loss, has_state=True) -> f(params, state, x, y, key) ->
+        ((C, new_state), ∂C/∂params)``; default :func:`manual_bp.value_and_grad` (the
+        handwritten backward). Pass ``reference.value_and_grad`` to run the same loop on
+        ``jax.grad``.
       callback: called with each epoch's history record as soon as it is complete.
       opt_state: the optimizer state to continue from (default ``optimizer.init(params)``).
       start_epoch: epochs already done (resuming from a checkpoint); training runs epochs
         ``start_epoch + 1 .. epochs``. Epoch e always shuffles with ``fold_in(key, e)``, so a
         resumed run is bit-identical to an uninterrupted one.
-      on_epoch_end: ``on_epoch_end(epoch, params, opt_state)`` after each epoch (checkpoints).
+      on_epoch_end: ``on_epoch_end(epoch, params, opt_state, state)`` after each epoch
+        (checkpoints).
+      state: the network's state to continue from (default ``net.init_state(...)``).
 
     Returns:
-      ``(params, history)``; ``history[i]`` has ``epoch`` (1-based), ``train_loss`` (mean over
-      that epoch's steps), ``test_loss``, ``test_accuracy`` and ``seconds`` (wall time of the
-      epoch and its evaluation; the first includes compilation).
+      a :class:`FitResult` ``(params, history, state, opt_state)``; ``history[i]`` has
+      ``epoch`` (1-based), ``train_loss`` (mean over that epoch's steps), ``test_loss``,
+      ``test_accuracy`` and ``seconds`` (wall time of the epoch and its evaluation; the first
+      includes compilation).
 
     Raises:
       ValueError: for a non-positive ``batch_size``, a negative ``epochs``, or a
@@ -201,30 +230,35 @@ def fit(
             f"use a batch_size of at most {n}"
         )
     loss = get_rule(loss)
-    f = (grad_fn or value_and_grad)(net, loss)
+    f = (grad_fn or value_and_grad)(net, loss, has_state=True)
     steps = n // batch_size
 
-    def step(carry, batch):
-        params, opt_state = carry
-        xb, yb = batch
-        c, grads = f(params, xb, yb)
+    def step(carry, batch, dropout_key):
+        params, opt_state, state = carry
+        xb, yb, i = batch
+        (c, state), grads = f(params, state, xb, yb, jax.random.fold_in(dropout_key, i))
         # optax mixes Python floats with its int32 step count (Adam's β^t), which strict dtype
         # promotion rejects; the forward and backward above stay under the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-        return (params, opt_state), c
+        return (params, opt_state, state), c
 
     @jax.jit
-    def run_epoch(params, opt_state, key, x, y):
+    def run_epoch(params, opt_state, state, key, x, y):
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size]
         order = jnp.reshape(order, (steps, batch_size))
-        (params, opt_state), losses = lax.scan(step, (params, opt_state), (x[order], y[order]))
-        return params, opt_state, jnp.mean(losses)
+        dropout_key = jax.random.fold_in(key, STEP_KEYS)
+        (params, opt_state, state), losses = lax.scan(
+            lambda carry, batch: step(carry, batch, dropout_key),
+            (params, opt_state, state),
+            (x[order], y[order], jnp.arange(steps)),
+        )
+        return params, opt_state, state, jnp.mean(losses)
 
     @jax.jit
-    def evaluate(params, x, y):
-        out, _ = net.forward(params, x)
+    def evaluate(params, state, x, y):
+        out, _ = net.forward(params, x, nn.Context(train=False, state=state))
         return loss(out, y), _accuracy(out, y)
 
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -233,13 +267,15 @@ def fit(
         raise ValueError(f"fit: start_epoch must be in [0, epochs={epochs}], got {start_epoch!r}")
     if opt_state is None:
         opt_state = optimizer.init(params)
+    if state is None:
+        state = net.init_state(key, (batch_size, *x_train.shape[1:]), _float_dtype(params))
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        params, opt_state, train_loss = run_epoch(
-            params, opt_state, jax.random.fold_in(key, epoch), x_train, y_train
+        params, opt_state, state, train_loss = run_epoch(
+            params, opt_state, state, jax.random.fold_in(key, epoch), x_train, y_train
         )
-        test_loss, test_accuracy = evaluate(params, x_test, y_test)
+        test_loss, test_accuracy = evaluate(params, state, x_test, y_test)
         record = {
             "epoch": epoch,
             "train_loss": float(train_loss),
@@ -251,8 +287,20 @@ def fit(
         if callback is not None:
             callback(record)
         if on_epoch_end is not None:
-            on_epoch_end(epoch, params, opt_state)
-    return params, history
+            on_epoch_end(epoch, params, opt_state, state)
+    return FitResult(params, history, state, opt_state)
+
+
+STEP_KEYS = 0x5EED
+"""Step i of an epoch draws its dropout masks from ``fold_in(fold_in(epoch_key, STEP_KEYS), i)``
+(the epoch key itself shuffles the training set)."""
+
+
+def _float_dtype(params: Any) -> Any:
+    floats = [
+        leaf.dtype for leaf in jax.tree.leaves(params) if jnp.issubdtype(leaf.dtype, jnp.floating)
+    ]
+    return floats[0] if floats else jnp.float32
 
 
 def _leaves(prefix: str, tree: Any) -> dict[str, Any]:
@@ -264,11 +312,21 @@ def _leaves(prefix: str, tree: Any) -> dict[str, Any]:
     }
 
 
-def verify_gradients(net: nn.Layer, loss: Rule | str, params: Any, x: Any, y: Any) -> dict:
+def verify_gradients(
+    net: nn.Layer,
+    loss: Rule | str,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    state: Any = None,
+    key: Any = None,
+) -> dict:
     """Compare the handwritten gradients and deltas with ``jax.grad`` of the reference network.
 
-    On one batch, for every parameter gradient ∂C/∂θ and every layer delta ∂C/∂(output)
-    (and the loss C itself), with m the manual and r the reference value:
+    On one batch, in training mode (``state`` defaults to ``net.init_state``, ``key`` feeds
+    dropout), for every parameter gradient ∂C/∂θ, every layer delta ∂C/∂(output), every leaf of
+    the new state and the loss C itself, with m the manual and r the reference value:
 
     .. math:: \\mathrm{abs} = \\max|m − r|, \\qquad \\mathrm{rel} = \\mathrm{abs} / \\max|r|
 
@@ -287,12 +345,16 @@ def verify_gradients(net: nn.Layer, loss: Rule | str, params: Any, x: Any, y: An
     import reference
 
     loss = get_rule(loss)
-    manual_fn = jax.jit(value_grad_and_deltas(net, loss))
-    reference_fn = jax.jit(reference.value_grad_and_deltas(net, loss))
-    m_value, m_grads, m_deltas = manual_fn(params, x, y)
-    r_value, r_grads, r_deltas = reference_fn(params, x, y)
+    if state is None:
+        state = net.init_state(jax.random.key(0), x.shape, _float_dtype(params))
+    manual_fn = jax.jit(value_grad_and_deltas(net, loss, has_state=True))
+    reference_fn = jax.jit(reference.value_grad_and_deltas(net, loss, has_state=True))
+    (m_value, m_state), m_grads, m_deltas = manual_fn(params, state, x, y, key)
+    (r_value, r_state), r_grads, r_deltas = reference_fn(params, state, x, y, key)
     manual = {"loss": m_value, **_leaves("grads", m_grads), **_leaves("deltas", m_deltas)}
     ref = {"loss": r_value, **_leaves("grads", r_grads), **_leaves("deltas", r_deltas)}
+    manual.update(_leaves("state", m_state))
+    ref.update(_leaves("state", r_state))
     if manual.keys() != ref.keys():
         raise ValueError(
             "verify_gradients: manual and reference results differ in structure: "

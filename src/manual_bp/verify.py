@@ -661,6 +661,8 @@ class NetworkReport:
     first_divergent: str | None
     culprit: str | None
     ok: bool
+    state_error: float = 0.0
+    """Largest relative difference of the new state (batch-norm statistics), if any."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -670,7 +672,8 @@ class NetworkReport:
 
     def __str__(self) -> str:
         lines = [
-            f"check_network: loss error {self.loss_error:.3g}",
+            f"check_network: loss error {self.loss_error:.3g}, new state rel error "
+            f"{self.state_error:.3g}",
             f"  {'layer (from the loss back)':<28} {'delta max rel':>14} {'grad max rel':>14}  ok",
         ]
         for lc in self.layers:
@@ -705,14 +708,24 @@ def _subtree(tree: Any, name: str) -> Any:
 
 
 def check_network(
-    net: Any, loss: Rule | str, params: Any, x: Any, y: Any, *, tolerance: float | None = None
+    net: Any,
+    loss: Rule | str,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    tolerance: float | None = None,
+    state: Any = None,
+    key: Any = None,
+    train: bool = True,
 ) -> NetworkReport:
     """Compare every layer's delta and gradient with ``jax.grad`` of the reference, under jit.
 
     Walking back from the loss as the backward pass does, names the first layer whose delta
     ∂C/∂(output) diverges and the layer whose backward produced it (the next one in forward
     order, or the loss). A layer whose delta agrees but whose parameter gradient does not is
-    reported too (its aᵀδ is wrong).
+    reported too (its aᵀδ is wrong). A network with state (batch norm) takes ``state``, and
+    its new state is compared too; ``key`` feeds dropout; ``train`` picks the mode.
     """
     import reference
 
@@ -722,8 +735,17 @@ def check_network(
     floats = [leaf for leaf in jax.tree.leaves(params) if _is_float(leaf)]
     dtype = np.dtype(x.dtype if _is_float(x) or not floats else floats[0].dtype)
     tol = tolerance if tolerance is not None else max(TOLERANCE.get(dtype.name, 1e-5), 1e-9) * 5
-    c, grads, deltas = jax.jit(value_grad_and_deltas(net, loss))(params, x, y)
-    rc, rgrads, rdeltas = jax.jit(reference.value_grad_and_deltas(net, loss.name))(params, x, y)
+    stateful = state is not None
+    args = (params, state, x, y) if stateful else (params, x, y)
+    mine = value_grad_and_deltas(net, loss, has_state=stateful, train=train)
+    ref = reference.value_grad_and_deltas(net, loss.name, has_state=stateful, train=train)
+    c, grads, deltas = jax.jit(mine)(*args, key)
+    rc, rgrads, rdeltas = jax.jit(ref)(*args, key)
+    state_err = 0.0
+    if stateful:
+        (c, new_state), (rc, r_new_state) = c, rc
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(r_new_state), strict=True):
+            state_err = max(state_err, _compare(_f64(a), _f64(b), dtype, tol, 0.0, "", "").max_rel)
     order = _forward_order(net)
     layers: list[LayerCheck] = []
     first = culprit = None
@@ -752,7 +774,9 @@ def check_network(
             culprit = name
             first = name
     loss_err = abs(float(c) - float(rc))
-    ok = all(lc.delta_ok and lc.grad_ok for lc in layers) and loss_err <= tol * max(
-        1.0, abs(float(rc))
+    ok = (
+        all(lc.delta_ok and lc.grad_ok for lc in layers)
+        and loss_err <= tol * max(1.0, abs(float(rc)))
+        and state_err <= tol
     )
-    return NetworkReport(loss_err, layers, first, culprit, ok)
+    return NetworkReport(loss_err, layers, first, culprit, ok, state_err)

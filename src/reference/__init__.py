@@ -3,13 +3,23 @@ lax and optax, differentiated by ``jax.grad`` only. It never calls manual_bp's c
 a network's description (layer kinds, settings and names).
 """
 
-from .networks import LAYER_FORWARD, forward, layer_outputs, value_and_grad, value_grad_and_deltas
+from .modes import MODE_LAYERS
+from .networks import (
+    LAYER_FORWARD,
+    forward,
+    forward_with_state,
+    layer_outputs,
+    value_and_grad,
+    value_grad_and_deltas,
+)
 from .ops import FORWARD
 
 __all__ = [
     "FORWARD",
     "LAYER_FORWARD",
+    "MODE_LAYERS",
     "forward",
+    "forward_with_state",
     "layer_outputs",
     "value_and_grad",
     "value_grad_and_deltas",

@@ -72,10 +72,11 @@ def flatten(x):
 def _conv2d_layer(layer, params, x, run_child):
     del run_child
     cfg = layer.config
+    bias = params["b"] if cfg.get("use_bias", True) else jnp.zeros(params["w"].shape[-1:], x.dtype)
     return conv2d(
         x,
         params["w"],
-        params["b"],
+        bias,
         strides=cfg["strides"],
         padding=cfg["padding"],
         dilation=cfg["dilation"],

@@ -83,7 +83,7 @@ FORWARD = {
 
 
 # ---- families -------------------------------------------------------------------------------
-from . import conv, recurrent, transformer  # noqa: E402
+from . import conv, modes, recurrent, transformer  # noqa: E402
 
-for _family in (conv, recurrent, transformer):
+for _family in (conv, modes, recurrent, transformer):
     FORWARD.update(_family.FORWARD)

@@ -28,4 +28,4 @@ __all__ = [
 ]
 
 # the layer families: importing each registers its rules
-from . import attention, conv, embedding, normalization, recurrent  # noqa: F401
+from . import attention, conv, embedding, normalization, recurrent, stochastic  # noqa: F401

@@ -1,8 +1,11 @@
-"""Normalizations over the last (feature) axis: ``layer_norm`` and ``rms_norm``.
+"""Normalizations: ``layer_norm`` and ``rms_norm`` over the last (feature) axis, ``batch_norm``
+over every other axis (the batch), and ``batch_norm_inference`` with fixed statistics.
 
-Index letters: ``...`` any leading batch dims, ``d`` features (the normalized axis, size D).
-Both backward passes go through the statistics (mean, variance or mean square): the simplified
-form that treats them as constants is wrong whenever the statistics depend on x, which is always.
+Index letters: ``...`` any leading batch dims, ``d`` features (size D). For ``batch_norm`` the
+statistics are taken per feature over the M = (number of elements) / D positions ``m`` of the
+batch (N for (N, D), N·H·W for NHWC images). Every backward pass goes through the statistics
+(mean, variance or mean square): the simplified form that treats them as constants is wrong
+whenever the statistics depend on x, which is always.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from jax import lax
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
 from .._registry import register
 
-__all__ = ["layer_norm", "rms_norm"]
+__all__ = ["batch_moments", "batch_norm", "batch_norm_inference", "layer_norm", "rms_norm"]
 
 
 def _require_eps(op: str, eps: Any) -> float:
@@ -89,3 +92,74 @@ def _rms_norm_bwd(res, g, *, eps=1e-6):
 
 
 rms_norm = register("rms_norm", _rms_norm_fwd, _rms_norm_bwd)
+
+
+def batch_moments(x: Any) -> tuple[Any, Any]:
+    """Per-feature mean μ_d = mean_m x and biased variance σ²_d = mean_m (x − μ)² over every
+    axis but the last, each of shape (D,). Two passes (the variance of the centred x)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    xc = x - _row(mean, x.ndim)
+    return mean, jnp.mean(xc * xc, axis=axes)
+
+
+def _batch_norm_fwd(x, gamma, beta, *, eps=1e-5):
+    """Training mode: y = x̂ γ + β,  x̂ = (x − μ) r,  r = 1/√(σ² + ε), with μ, σ² the batch's
+    own per-feature statistics (:func:`batch_moments`). The residuals are x̂, r (D,) and γ."""
+    _check("batch_norm", x, gamma=gamma, beta=beta)
+    eps = _require_eps("batch_norm", eps)
+    mean, var = batch_moments(x)
+    r = lax.rsqrt(var + eps)
+    xhat = (x - _row(mean, x.ndim)) * _row(r, x.ndim)
+    return xhat * _row(gamma, x.ndim) + _row(beta, x.ndim), (xhat, r, gamma)
+
+
+def _batch_norm_bwd(res, g, *, eps=1e-5):
+    """dx = r (ĝ − mean_m ĝ − x̂ mean_m(ĝ x̂)), ĝ = g γ;  dγ = Σ_m g x̂;  dβ = Σ_m g.
+
+    Layer norm's backward with the roles of the axes swapped: every x in the batch moves μ and
+    σ², so each output depends on every input of its feature column.
+    """
+    del eps
+    xhat, r, gamma = res
+    batch = tuple(range(g.ndim - 1))
+    gh = g * _row(gamma, g.ndim)
+    mean_gh = jnp.mean(gh, axis=batch, keepdims=True)
+    mean_ghx = jnp.mean(gh * xhat, axis=batch, keepdims=True)
+    dx = _row(r, g.ndim) * (gh - mean_gh - xhat * mean_ghx)
+    return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
+
+
+batch_norm = register("batch_norm", _batch_norm_fwd, _batch_norm_bwd)
+
+
+def _batch_norm_inference_fwd(x, mean, var, gamma, beta, *, eps=1e-5):
+    """Evaluation mode: y = x̂ γ + β,  x̂ = (x − μ) r,  r = 1/√(v + ε), with fixed per-feature
+    statistics μ = ``mean`` and v = ``var`` (the running averages). The residuals are x̂, r, γ."""
+    _check("batch_norm_inference", x, mean=mean, var=var, gamma=gamma, beta=beta)
+    eps = _require_eps("batch_norm_inference", eps)
+    r = lax.rsqrt(var + eps)
+    xhat = (x - _row(mean, x.ndim)) * _row(r, x.ndim)
+    return xhat * _row(gamma, x.ndim) + _row(beta, x.ndim), (xhat, r, gamma)
+
+
+def _batch_norm_inference_bwd(res, g, *, eps=1e-5):
+    """A per-feature affine map, so no sums through statistics:
+    dx = g γ r;  dμ = −Σ_m g γ r;  dv = −½ Σ_m g γ x̂ r²;  dγ = Σ_m g x̂;  dβ = Σ_m g."""
+    del eps
+    xhat, r, gamma = res
+    batch = tuple(range(g.ndim - 1))
+    gr = g * _row(gamma * r, g.ndim)
+    dvar = -0.5 * jnp.sum(gr * xhat, axis=batch) * r
+    return (
+        gr,
+        -jnp.sum(gr, axis=batch),
+        dvar,
+        jnp.sum(g * xhat, axis=batch),
+        jnp.sum(g, axis=batch),
+    )
+
+
+batch_norm_inference = register(
+    "batch_norm_inference", _batch_norm_inference_fwd, _batch_norm_inference_bwd
+)
