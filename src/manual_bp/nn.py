@@ -249,6 +249,32 @@ def _prefix_errors(name: str, fn: Callable[[], Any]) -> Any:
         raise type(e)(f"{name}: {e}") from None
 
 
+def serial_backward(
+    layers: Sequence[Layer],
+    params: Params,
+    tape: Sequence[Tape],
+    dy: Any,
+    redirect: Callable[[Layer, Any], Any] | None = None,
+) -> tuple[Params, dict[str, Any], Any]:
+    """The backward pass of :func:`serial` over ``layers`` (already named) and their tapes.
+
+    Walks the layers in reverse: each receives ∂C/∂(its output) — recorded in ``deltas`` under
+    its name — and hands ∂C/∂(its input) to the layer before it. ``redirect(layer, dx)``, if
+    given, may replace what a layer hands back (direct feedback alignment sends the output
+    error there instead).
+    """
+    grads, deltas_reversed = {}, []
+    for layer, t in zip(reversed(layers), reversed(tape), strict=True):
+        deltas_reversed.append((layer.name, dy))  # ∂C/∂(this layer's output)
+        g, inner, dy = layer.backward(params[layer.name], t, dy)  # dy ← ∂C/∂(its input)
+        if redirect is not None:
+            dy = redirect(layer, dy)
+        grads[layer.name] = g
+        deltas_reversed.extend((f"{layer.name}/{k}", v) for k, v in reversed(list(inner.items())))
+    grads = {layer.name: grads[layer.name] for layer in layers}
+    return grads, dict(reversed(deltas_reversed)), dy
+
+
 def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Compose layers in order: the output of each is the input of the next.
 
@@ -299,16 +325,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return {layer.name: layer.state_of(t) for layer, t in zip(named, tape, strict=True)}
 
     def backward(params, tape, dy):
-        grads, deltas_reversed = {}, []
-        for layer, t in zip(reversed(named), reversed(tape), strict=True):
-            deltas_reversed.append((layer.name, dy))  # ∂C/∂(this layer's output)
-            g, inner, dy = layer.backward(params[layer.name], t, dy)  # dy ← ∂C/∂(its input)
-            grads[layer.name] = g
-            deltas_reversed.extend(
-                (f"{layer.name}/{k}", v) for k, v in reversed(list(inner.items()))
-            )
-        grads = {layer.name: grads[layer.name] for layer in named}
-        return grads, dict(reversed(deltas_reversed)), dy
+        return serial_backward(named, params, tape, dy)
 
     def output_shape(input_shape):
         shape = tuple(input_shape)
