@@ -206,6 +206,8 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
 
     def forward(params, x, ctx=None):
         h, tape = block.forward(params[b], x, child_context(ctx, 0, b))
+        if ctx is not None:
+            ctx.tap(b, h)
         return x + h, tape
 
     def state_of(tape):

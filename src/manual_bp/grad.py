@@ -13,12 +13,13 @@ from .nn import Context, Layer, check_input, check_params, check_state, has_stat
 __all__ = ["value_and_grad", "value_grad_and_deltas"]
 
 
-def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True):
+def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True, taps=None):
+    """The lecture's two passes; ``taps`` (a dict) collects every layer's output."""
     check_input(net, x)
     check_params(net, params, x.shape)
     if state is not None:
         check_state(net, state, x.shape)
-    ctx = Context(train, key, state)
+    ctx = Context(train, key, state, taps)
     out, tape = net.forward(params, x, ctx)  # forward pass: keep every activation a (= ∂z/∂w)
     c, loss_res = loss.fwd(out, y)
     dout = loss.bwd(loss_res, jnp.ones_like(c))[0]  # output layer: ∂C/∂z from the loss itself

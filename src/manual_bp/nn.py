@@ -76,18 +76,27 @@ class Context(NamedTuple):
     state, e.g. batch norm's running statistics, or ``None``).
 
     ``forward(params, x)`` without a context is evaluation mode with no key and no state.
+    ``taps``, if a dict, collects every layer's output under the name its delta has (the
+    combinators record their children's outputs as they go; ``path`` is the name prefix).
     """
 
     train: bool = False
     key: Any = None
     state: State = None
+    taps: dict[str, Any] | None = None
+    path: str = ""
 
     def child(self, index: int, name: str) -> Context:
         """The context of a combinator's child ``index`` named ``name``: the key folded with
         the index, ``jax.random.fold_in(key, index)``, and the state under ``name``."""
         key = None if self.key is None else jax.random.fold_in(self.key, index)
         state = None if self.state is None else self.state.get(name)
-        return Context(self.train, key, state)
+        return Context(self.train, key, state, self.taps, f"{self.path}{name}/")
+
+    def tap(self, name: str, value: Any) -> None:
+        """Record a child's output under its delta name, if this forward pass collects taps."""
+        if self.taps is not None:
+            self.taps[f"{self.path}{name}"] = value
 
 
 def _no_state(key, input_shape, dtype=jnp.float32) -> State:
@@ -318,6 +327,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             x, t = _prefix_errors(
                 layer.name, lambda x=x, layer=layer, c=c: layer.forward(params[layer.name], x, c)
             )
+            if ctx is not None:
+                ctx.tap(layer.name, x)
             tape.append(t)  # the forward pass keeps every activation
         return x, tuple(tape)
 

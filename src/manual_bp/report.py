@@ -1,8 +1,8 @@
 """Run outputs: ``metrics.jsonl`` (one JSON record per epoch) and PNG plots.
 
 Plots are drawn with matplotlib's Agg backend (no display needed): ``loss.png`` and
-``accuracy.png`` (curves per epoch) and ``layer_norms.png`` (per-layer ‖∂C/∂z‖ and ‖∂C/∂W‖ on a
-fixed batch, the lecture's backward pass made visible).
+``accuracy.png`` (curves per epoch) and ``layer_norms.png`` (per-layer ‖∂C/∂z‖, ‖∂C/∂W‖ and
+‖a‖ averaged over each epoch's training steps, the lecture's backward pass made visible).
 """
 
 from __future__ import annotations
@@ -102,11 +102,14 @@ def write_plots(folder: str | os.PathLike[str], records: list[dict[str, Any]]) -
 
     norms = [r.get("norms") for r in records]
     if all(norms):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, kind, title in (
-            (axes[0], "delta", "‖∂C/∂(layer output)‖ per example"),
-            (axes[1], "grad", "‖∂C/∂W‖ per layer"),
-        ):
+        panels = [
+            ("delta", "‖∂C/∂(layer output)‖ per example"),
+            ("grad", "‖∂C/∂W‖ per layer"),
+            ("activation", "‖layer output‖ per example"),
+        ]
+        panels = [(k, t) for k, t in panels if all(k in n for n in norms)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (kind, title) in zip(axes[0], panels, strict=True):
             for name in norms[0][kind]:
                 ax.plot(epochs, [np.maximum(n[kind][name], 1e-30) for n in norms], label=name)
             ax.set(xlabel="epoch", yscale="log", title=title)
