@@ -5,7 +5,7 @@ The lecture in five lines: C(θ) = Σₙ Cⁿ(θ); ∂C/∂w = ∂z/∂w · ∂C
 the output layer ∂C/∂z comes from the loss.
 """
 
-from . import nn, rules
+from . import credit, nn, per_example, rules
 from ._registry import RULES, Rule, get_rule, register
 from .adapter import as_custom_vjp
 from .grad import value_and_grad, value_grad_and_deltas
@@ -26,8 +26,10 @@ __all__ = [
     "assert_rule_correct",
     "check_network",
     "check_rule",
+    "credit",
     "get_rule",
     "nn",
+    "per_example",
     "register",
     "rules",
     "value_and_grad",
