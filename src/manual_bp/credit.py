@@ -347,12 +347,16 @@ def as_backprop(net: Layer) -> Layer:
 
 
 def _angle(a: Any, b: Any) -> Any:
-    """The angle in degrees between two arrays seen as vectors (90 when either is zero)."""
+    """The angle in degrees between two arrays seen as vectors, 2·atan2(‖â − b̂‖, ‖â + b̂‖)
+    with â = a/‖a‖ (accurate near 0° and 180°, where arccos of the cosine is not); 90° when
+    either is zero."""
     a = jnp.ravel(a).astype(jnp.float32 if a.dtype == jnp.bfloat16 else a.dtype)
     b = jnp.ravel(b).astype(a.dtype)
-    denom = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-    cos = jnp.where(denom > 0, jnp.dot(a, b) / jnp.where(denom > 0, denom, 1), 0)
-    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1, 1)))
+    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    ok = (na > 0) & (nb > 0)
+    ua, ub = a / jnp.where(ok, na, 1), b / jnp.where(ok, nb, 1)
+    angle = 2 * jnp.arctan2(jnp.linalg.norm(ua - ub), jnp.linalg.norm(ua + ub))
+    return jnp.where(ok, jnp.degrees(angle), jnp.asarray(90.0, a.dtype))
 
 
 def _weight_grads(grads: Any, prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Plots are drawn with matplotlib's Agg backend (no display needed): ``loss.png`` and
 ``accuracy.png`` (curves per epoch) and ``layer_norms.png`` (per-layer ‖∂C/∂z‖, ‖∂C/∂W‖ and
-‖a‖ averaged over each epoch's training steps, the lecture's backward pass made visible).
+‖a‖ averaged over each epoch's training steps, the lecture's backward pass made visible), and
+for a network trained with feedback alignment and friends ``alignment.png`` (the angle between
+each layer's update and backprop's).
 """
 
 from __future__ import annotations
@@ -115,4 +117,15 @@ def write_plots(folder: str | os.PathLike[str], records: list[dict[str, Any]]) -
             ax.set(xlabel="epoch", yscale="log", title=title)
             ax.legend(fontsize="small")
         save(fig, "layer_norms.png")
+
+    angles = [r.get("alignment") for r in records]
+    if all(angles):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in angles[0]["grads"]:
+            ax.plot(epochs, [a["grads"][name] for a in angles], label=name)
+        ax.axhline(90.0, color="gray", linestyle=":", linewidth=1)
+        ax.set(xlabel="epoch", ylabel="degrees", ylim=(0, 180))
+        ax.set_title("angle between each layer's update and backprop's")
+        ax.legend(fontsize="small")
+        save(fig, "alignment.png")
     return written
