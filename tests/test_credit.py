@@ -164,6 +164,33 @@ def test_direct_feedback_reaches_conv_layers_and_alignment_is_zero_for_backprop(
     assert max(float(v) for v in jax.tree.leaves(angles_bp)) < 1e-5
 
 
+@pytest.mark.parametrize("target", ["lstm", "multi_head_attention"])
+def test_direct_feedback_reaches_recurrent_and_attention_layers(target):
+    """e (N, C) projected to a sequence input (N, T, D) through B (C, T·D), under jit."""
+    rng = rng_for("dfa-seq", target)
+    x = jnp.asarray(rng.standard_normal((3, 4, 5)), F64)
+    y = jnp.asarray(rng.integers(0, 2, 3), jnp.int32)
+    middle = nn.LSTM(4) if target == "lstm" else nn.MultiHeadAttention(2)
+    layers = (nn.Dense(4), middle, nn.LastStep(), nn.Dense(2))
+    net = direct_feedback(*layers)
+    params = net.init(jax.random.key(0), x.shape, F64)
+    state = net.init_state(jax.random.key(0), x.shape, F64)
+    assert {k: v.shape for k, v in state["_feedback"].items()} == {
+        f"{target}_1": (2, 4 * 4),
+        "dense_3": (2, 4),
+    }
+    f = jax.jit(manual_bp.value_grad_and_deltas(net, "softmax_cross_entropy", has_state=True))
+    (_, _), grads, deltas = f(params, state, x, y)
+    _, bp_grads, _ = manual_bp.value_grad_and_deltas(nn.serial(*layers), "softmax_cross_entropy")(
+        params, x, y
+    )
+    np.testing.assert_allclose(grads["dense_3"]["w"], bp_grads["dense_3"]["w"], rtol=1e-12)
+    e = np.asarray(deltas["dense_3"])  # the output error
+    b = np.asarray(state["_feedback"][f"{target}_1"])
+    np.testing.assert_allclose(deltas["dense_0"], np.reshape(e @ b, (3, 4, 4)), rtol=1e-12)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
 def test_as_backprop_keeps_structure_and_restores_the_true_backward():
     rng = rng_for("twin")
     x = jnp.asarray(rng.standard_normal((6, 5)), F64)
