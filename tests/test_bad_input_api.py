@@ -1,0 +1,781 @@
+"""Bad inputs across every public entry point, each with the exact error it must give.
+
+``tests/test_bad_input.py`` covers the rules, ``value_and_grad`` and the params tree; this
+table walks the rest of the public API: every layer constructor and forward of
+``manual_bp.nn``, the verification tools, the data loaders, ``fit``, checkpoints and the
+``manual-bp`` commands. Every error is a ValueError or TypeError raised before any tracing,
+naming the op, layer or argument, what was expected and what came.
+``test_every_public_callable_has_a_row`` fails when a public function is added without one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import manual_bp
+from manual_bp import RULES, checkpoint, data, nn, train
+from manual_bp.data import Dataset
+
+f32 = jnp.float32
+KEY = jax.random.key(0)
+
+
+def z(*shape, dtype=f32):
+    return jnp.zeros(shape, dtype)
+
+
+def ints(*shape, value=0):
+    return jnp.full(shape, value, jnp.int32)
+
+
+RNG = np.random.default_rng(0)
+GOOD = Dataset(
+    RNG.standard_normal((24, 6)).astype(np.float32),
+    RNG.integers(0, 3, 24).astype(np.int32),
+    RNG.standard_normal((8, 6)).astype(np.float32),
+    RNG.integers(0, 3, 8).astype(np.int32),
+    3,
+    "synthetic",
+)
+NET = train.mlp((4,), 3, "tanh")
+PARAMS = NET.init(KEY, (8, 6), f32)
+OPT = optax.adam(1e-2)
+
+
+def fit(dataset=GOOD, **kw):
+    args = {"optimizer": OPT, "epochs": 1, "batch_size": 8, "key": jax.random.key(1)} | kw
+    net, params = args.pop("net", NET), args.pop("params", PARAMS)
+    return train.fit(net, "softmax_cross_entropy", params, dataset, **args)
+
+
+def bad_data(**kw):
+    return GOOD._replace(**kw)
+
+
+def forward(layer, input_shape, x, ctx=None):
+    params = layer.init(KEY, input_shape)
+    return layer.forward(params, x) if ctx is None else layer.forward(params, x, ctx)
+
+
+def save(path, **kw):
+    args = {
+        "params": PARAMS,
+        "opt_state": OPT.init(PARAMS),
+        "epoch": 1,
+        "key": KEY,
+        "config": {},
+    } | kw
+    return checkpoint.save_checkpoint(path, **args)
+
+
+def load(path, params=PARAMS, opt_state=None):
+    opt_state = OPT.init(params) if opt_state is None else opt_state
+    return checkpoint.load_checkpoint(path, params_like=params, opt_state_like=opt_state)
+
+
+def saved_then_loaded(tmp, **kw):
+    save(tmp / "c.npz")
+    return load(tmp / "c.npz", **kw)
+
+
+def cli(capsys, *argv):
+    """Run ``manual-bp ARGV``; return the exit code and the last line of stderr."""
+    from manual_bp.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+# (id, the public name it covers, call(tmp_path), exception, message pattern)
+BAD = [
+    # --- manual_bp ------------------------------------------------------------------------
+    (
+        "get_rule unknown",
+        "get_rule",
+        lambda t: manual_bp.get_rule("hinge"),
+        ValueError,
+        r"unknown rule 'hinge'; registered rules: .*dense",
+    ),
+    (
+        "get_rule not a name",
+        "get_rule",
+        lambda t: manual_bp.get_rule(3),
+        TypeError,
+        r"expected a manual_bp.Rule or a rule name, got int",
+    ),
+    (
+        "register non-callable",
+        "register",
+        lambda t: manual_bp.register("custom_unregistered", 1, 2),
+        TypeError,
+        r"register\('custom_unregistered'\): fwd and bwd must be callable",
+    ),
+    (
+        "as_custom_vjp bad static",
+        "as_custom_vjp",
+        lambda t: manual_bp.as_custom_vjp("elu", alpha=-1.0)(z(3)),
+        ValueError,
+        r"elu: alpha must be > 0, got -1.0",
+    ),
+    (
+        "check_rule list primal",
+        "check_rule",
+        lambda t: manual_bp.check_rule("sigmoid", [1.0, 2.0]),
+        TypeError,
+        r"check_rule\('sigmoid'\): primal 0 must be an array, got list",
+    ),
+    (
+        "check_rule no float primal",
+        "check_rule",
+        lambda t: manual_bp.check_rule("sigmoid", ints(3)),
+        TypeError,
+        r"check_rule\('sigmoid'\): no floating primal to differentiate",
+    ),
+    (
+        "assert_rule_correct int primal",
+        "assert_rule_correct",
+        lambda t: manual_bp.assert_rule_correct("tanh", ints(3)),
+        TypeError,
+        r"check_rule\('tanh'\): no floating primal",
+    ),
+    (
+        "check_network params",
+        "check_network",
+        lambda t: manual_bp.check_network(NET, "softmax_cross_entropy", {}, z(8, 6), ints(8)),
+        ValueError,
+        r"params: keys do not match the network: missing \['dense_0', 'dense_2', 'tanh_1'\]",
+    ),
+    (
+        "value_and_grad has_state type",
+        "value_and_grad",
+        lambda t: manual_bp.value_and_grad(NET, "mse", has_state="yes"),
+        TypeError,
+        r"has_state and train must be Python bools, got has_state='yes'",
+    ),
+    (
+        "value_grad_and_deltas stateful net",
+        "value_grad_and_deltas",
+        lambda t: manual_bp.value_grad_and_deltas(nn.serial(nn.Dense(3), nn.BatchNorm()), "mse"),
+        ValueError,
+        r"keeps state \(batch-norm statistics\): use value_and_grad\(net, loss, has_state=True\)",
+    ),
+    # --- manual_bp.nn: constructors ----------------------------------------------------------
+    ("Dense 0", "Dense", lambda t: nn.Dense(0), ValueError, r"Dense: features must be a positive"),
+    ("Elu alpha", "Elu", lambda t: nn.Elu(alpha=0.0), ValueError, r"elu: alpha must be > 0"),
+    (
+        "Gelu approximate",
+        "Gelu",
+        lambda t: nn.Gelu("tanh"),
+        TypeError,
+        r"gelu: approximate must be a bool, got str",
+    ),
+    (
+        "LeakyRelu slope",
+        "LeakyRelu",
+        lambda t: nn.LeakyRelu("0.1"),
+        TypeError,
+        r"leaky_relu: negative_slope must be a Python real number, got str",
+    ),
+    (
+        "LogSoftmax axis type",
+        "LogSoftmax",
+        lambda t: nn.LogSoftmax(axis="last"),
+        TypeError,
+        r"log_softmax: axis must be an int, got str",
+    ),
+    (
+        "Softmax axis type",
+        "Softmax",
+        lambda t: nn.Softmax(axis=1.5),
+        TypeError,
+        r"softmax: axis must be an int, got float",
+    ),
+    (
+        "Conv2D stride 0",
+        "Conv2D",
+        lambda t: nn.Conv2D(4, strides=0),
+        ValueError,
+        r"Conv2D: strides must be positive, got \(0, 0\)",
+    ),
+    (
+        "Conv2D kernel 0",
+        "Conv2D",
+        lambda t: nn.Conv2D(4, kernel_size=(3, 0)),
+        ValueError,
+        r"Conv2D: kernel_size must be positive, got \(3, 0\)",
+    ),
+    (
+        "Conv2D kernel larger than the padded input",
+        "Conv2D",
+        lambda t: nn.Conv2D(2, 5, padding="VALID").init(KEY, (1, 3, 3, 1)),
+        ValueError,
+        r"Conv2D: conv2d: the kernel \(5, 5\) is larger than the padded input \(3, 3\)",
+    ),
+    (
+        "conv2d negative padding",
+        "Conv2D",
+        lambda t: RULES["conv2d"](z(1, 5, 5, 1), z(3, 3, 1, 2), z(2), padding=((-1, 0), (0, 0))),
+        ValueError,
+        r"conv2d: explicit padding must be non-negative, got \(\(-1, 0\), \(0, 0\)\)",
+    ),
+    (
+        "conv2d groups",
+        "Conv2D",
+        lambda t: RULES["conv2d"](z(1, 5, 5, 3), z(3, 3, 1, 2), z(2), groups=2),
+        ValueError,
+        r"conv2d: input channels \(3\) and output channels \(2\) must both be divisible by "
+        r"groups=2",
+    ),
+    (
+        "MaxPool2D window 0",
+        "MaxPool2D",
+        lambda t: nn.MaxPool2D((0, 2)),
+        ValueError,
+        r"MaxPool2D: window must be positive, got \(0, 2\)",
+    ),
+    (
+        "MaxPool2D window larger than the input",
+        "MaxPool2D",
+        lambda t: forward(nn.MaxPool2D(4), (1, 3, 3, 1), z(1, 3, 3, 1)),
+        ValueError,
+        r"max_pool2d: the window \(4, 4\) is larger than the padded input \(3, 3\)",
+    ),
+    (
+        "AvgPool2D negative stride",
+        "AvgPool2D",
+        lambda t: nn.AvgPool2D(2, strides=-1),
+        ValueError,
+        r"AvgPool2D: strides must be positive, got \(-1, -1\)",
+    ),
+    (
+        "AvgPool2D rank",
+        "AvgPool2D",
+        lambda t: RULES["avg_pool2d"](z(3, 3, 1)),
+        ValueError,
+        r"avg_pool2d: x must have rank 4, got rank 3 \(shape \(3, 3, 1\)\)",
+    ),
+    (
+        "LeNet activation",
+        "LeNet",
+        lambda t: nn.LeNet(10, activation="swish"),
+        ValueError,
+        r"LeNet: activation must be one of \[.*'tanh'\], got 'swish'",
+    ),
+    (
+        "LeNet channels",
+        "LeNet",
+        lambda t: nn.LeNet(10, channels=(0, 3)),
+        ValueError,
+        r"LeNet: channels must be two positive ints, got \(0, 3\)",
+    ),
+    (
+        "BatchNorm momentum",
+        "BatchNorm",
+        lambda t: nn.BatchNorm(2.0),
+        ValueError,
+        r"BatchNorm: momentum must be in \[0, 1\], got 2.0",
+    ),
+    (
+        "Dropout rate",
+        "Dropout",
+        lambda t: nn.Dropout(1.0),
+        ValueError,
+        r"Dropout: rate must be in \[0, 1\), got 1.0",
+    ),
+    (
+        "Dropout without a key",
+        "Dropout",
+        lambda t: forward(nn.Dropout(0.5), (2, 3), z(2, 3), nn.Context(train=True)),
+        ValueError,
+        r"Dropout: training mode needs a PRNG key in the forward pass's Context",
+    ),
+    ("GRU 0", "GRU", lambda t: nn.GRU(0), ValueError, r"GRU: hidden must be a positive int"),
+    ("RNN -1", "RNN", lambda t: nn.RNN(-1), ValueError, r"RNN: hidden must be a positive int"),
+    (
+        "LSTM rank",
+        "LSTM",
+        lambda t: nn.LSTM(3).init(KEY, (4, 3)),
+        ValueError,
+        r"LSTM: input_shape must be \(N, T, I\), got \(4, 3\)",
+    ),
+    (
+        "GRUClassifier classes",
+        "GRUClassifier",
+        lambda t: nn.GRUClassifier(4, 0),
+        ValueError,
+        r"Dense: features must be a positive int, got 0",
+    ),
+    (
+        "LSTMClassifier hidden",
+        "LSTMClassifier",
+        lambda t: nn.LSTMClassifier(0, 3),
+        ValueError,
+        r"LSTM: hidden must be a positive int, got 0",
+    ),
+    (
+        "Embedding float ids",
+        "Embedding",
+        lambda t: forward(nn.Embedding(5, 4), (2, 3), z(2, 3)),
+        TypeError,
+        r"embedding: ids must have an integer dtype, got float32",
+    ),
+    (
+        "Embedding vocab",
+        "Embedding",
+        lambda t: nn.Embedding(0, 3),
+        ValueError,
+        r"Embedding: vocab must be a positive int, got 0",
+    ),
+    (
+        "LayerNorm eps",
+        "LayerNorm",
+        lambda t: nn.LayerNorm(-1.0),
+        ValueError,
+        r"LayerNorm: eps must be a positive Python number, got -1.0",
+    ),
+    (
+        "RMSNorm int input",
+        "RMSNorm",
+        lambda t: forward(nn.RMSNorm(), (2, 3), ints(2, 3)),
+        TypeError,
+        r"rms_norm: x must have a floating dtype .*got int32",
+    ),
+    (
+        "MultiHeadAttention heads",
+        "MultiHeadAttention",
+        lambda t: nn.MultiHeadAttention(3).init(KEY, (2, 4, 4)),
+        ValueError,
+        r"MultiHeadAttention: num_heads=3 must divide D=4",
+    ),
+    (
+        "PositionalEmbedding too short",
+        "PositionalEmbedding",
+        lambda t: forward(nn.PositionalEmbedding(3), (2, 3, 4), z(2, 5, 4)),
+        ValueError,
+        r"add_positions: table must have shape \(L, 4\) with L >= 5",
+    ),
+    (
+        "TransformerLM heads",
+        "TransformerLM",
+        lambda t: nn.TransformerLM(10, max_len=8, features=5, num_heads=2).init(KEY, (2, 4)),
+        ValueError,
+        r"MultiHeadAttention: num_heads=2 must divide D=5",
+    ),
+    (
+        "serial non-layer",
+        "serial",
+        lambda t: nn.serial(nn.Tanh(), "relu"),
+        TypeError,
+        r"serial: argument 1 must be a manual_bp.nn.Layer, got 'relu'",
+    ),
+    (
+        "residual changes the shape",
+        "residual",
+        lambda t: nn.residual(nn.Dense(3)).init(KEY, (4, 5)),
+        ValueError,
+        r"residual: block 'dense_0' must keep the input shape \(4, 5\), its output is \(4, 3\)",
+    ),
+    # --- manual_bp.nn: forwards and tree checks ----------------------------------------------
+    (
+        "Relu int",
+        "Relu",
+        lambda t: forward(nn.Relu(), (3,), ints(3)),
+        TypeError,
+        r"relu: z must have a floating dtype",
+    ),
+    (
+        "Sigmoid list",
+        "Sigmoid",
+        lambda t: nn.Sigmoid().forward({}, [1.0]),
+        TypeError,
+        r"sigmoid: z must be an array, got list",
+    ),
+    (
+        "Tanh int",
+        "Tanh",
+        lambda t: forward(nn.Tanh(), (3,), ints(3)),
+        TypeError,
+        r"tanh: z must have a floating dtype",
+    ),
+    (
+        "Silu int",
+        "Silu",
+        lambda t: forward(nn.Silu(), (3,), ints(3)),
+        TypeError,
+        r"silu: z must have a floating dtype",
+    ),
+    (
+        "Softplus int",
+        "Softplus",
+        lambda t: forward(nn.Softplus(), (3,), ints(3)),
+        TypeError,
+        r"softplus: z must have a floating dtype",
+    ),
+    (
+        "Flatten int",
+        "Flatten",
+        lambda t: nn.Flatten().forward({}, jnp.zeros((2, 3, 3, 1), jnp.int32)),
+        TypeError,
+        r"flatten: x must have a floating dtype",
+    ),
+    (
+        "LastStep int",
+        "LastStep",
+        lambda t: nn.LastStep().forward({}, ints(2, 3, 4)),
+        TypeError,
+        r"last_step: x must have a floating dtype",
+    ),
+    (
+        "check_params wrong leaf",
+        "check_params",
+        lambda t: nn.check_params(NET, {**PARAMS, "dense_2": {"w": z(3, 4), "b": z(3)}}, (8, 6)),
+        ValueError,
+        r"params\['dense_2'\]\['w'\]: expected shape \(4, 3\) for an input of shape \(8, 6\), "
+        r"got \(3, 4\)",
+    ),
+    (
+        "check_params not a layer",
+        "check_params",
+        lambda t: nn.check_params(3, {}, (4, 5)),
+        TypeError,
+        r"expected a manual_bp.nn.Layer, got int",
+    ),
+    (
+        "check_state missing",
+        "check_state",
+        lambda t: nn.check_state(nn.BatchNorm(), {}, (4, 3)),
+        ValueError,
+        r"state: keys do not match the network: missing \['mean', 'var'\]",
+    ),
+    # --- manual_bp.train ---------------------------------------------------------------------
+    (
+        "mlp activation",
+        "mlp",
+        lambda t: train.mlp((3,), 2, "swish"),
+        ValueError,
+        r"mlp: unknown activation 'swish'; choose one of: sigmoid, tanh",
+    ),
+    (
+        "mlp hidden",
+        "mlp",
+        lambda t: train.mlp((3, 0), 2),
+        ValueError,
+        r"mlp: hidden sizes must be positive ints, got \[3, 0\]",
+    ),
+    (
+        "build_model kind",
+        "build_model",
+        lambda t: train.build_model("vit", GOOD),
+        ValueError,
+        r"build_model: unknown model 'vit'; choose one of mlp, cnn, lstm, gru",
+    ),
+    (
+        "verify_gradients params",
+        "verify_gradients",
+        lambda t: train.verify_gradients(NET, "softmax_cross_entropy", {}, z(8, 6), ints(8)),
+        ValueError,
+        r"params: keys do not match the network",
+    ),
+    (
+        "fit label too large",
+        "fit",
+        lambda t: fit(bad_data(y_train=np.full(24, 3, np.int32))),
+        ValueError,
+        r"fit: data.y_train must hold class ids in \[0, 3\) for num_classes=3, got labels "
+        r"from 3 to 3",
+    ),
+    (
+        "fit negative test label",
+        "fit",
+        lambda t: fit(bad_data(y_test=np.array([0, 1, -1, 2, 0, 1, 2, 0], np.int32))),
+        ValueError,
+        r"fit: data.y_test must hold class ids in \[0, 3\) .*got labels from -1 to 2",
+    ),
+    (
+        "fit empty test split",
+        "fit",
+        lambda t: fit(bad_data(x_test=np.zeros((0, 6), np.float32), y_test=np.zeros(0, np.int32))),
+        ValueError,
+        r"fit: the test split is empty \(data.x_test has 0 examples\)",
+    ),
+    (
+        "fit non-finite features",
+        "fit",
+        lambda t: fit(bad_data(x_train=np.where(GOOD.x_train > 2, np.inf, GOOD.x_train))),
+        ValueError,
+        r"fit: data.x_train has \d+ non-finite values \(NaN or inf\) of 144",
+    ),
+    (
+        "fit feature shapes",
+        "fit",
+        lambda t: fit(bad_data(x_test=np.zeros((8, 7), np.float32))),
+        ValueError,
+        r"fit: data.x_test examples have shape \(7,\) but data.x_train examples have shape "
+        r"\(6,\)",
+    ),
+    (
+        "fit list features",
+        "fit",
+        lambda t: fit(bad_data(x_train=GOOD.x_train.tolist())),
+        TypeError,
+        r"fit: data.x_train must be an array, got list",
+    ),
+    (
+        "fit num_classes vs network",
+        "fit",
+        lambda t: fit(bad_data(num_classes=5)),
+        ValueError,
+        r"fit: the network gives 3 outputs per example \(output shape \(8, 3\)\), but "
+        r"data.num_classes is 5",
+    ),
+    (
+        "fit batch larger than the data",
+        "fit",
+        lambda t: fit(batch_size=25),
+        ValueError,
+        r"fit: batch_size 25 is larger than the training set \(24 examples\)",
+    ),
+    (
+        "fit params of another network",
+        "fit",
+        lambda t: fit(params=train.mlp((5,), 3, "tanh").init(KEY, (8, 6), f32)),
+        ValueError,
+        r"params\['dense_0'\]\['b'\]: expected shape \(4,\) for an input of shape \(8, 6\), "
+        r"got \(5,\)",
+    ),
+    (
+        "fit opt_state of another optimizer",
+        "fit",
+        lambda t: fit(opt_state=optax.sgd(0.1).init(PARAMS)),
+        ValueError,
+        r"fit: opt_state does not match optimizer.init\(params\) .*missing \['\[0\].count'",
+    ),
+    (
+        "fit opt_state of another model",
+        "fit",
+        lambda t: fit(opt_state=OPT.init(train.mlp((5,), 3, "tanh").init(KEY, (8, 6), f32))),
+        ValueError,
+        r"fit: opt_state\[0\].mu\['dense_0'\]\['b'\]: expected shape \(4,\) and dtype float32 "
+        r"\(as optimizer.init\(params\) gives\), got \(5,\) float32",
+    ),
+    (
+        "fit optimizer",
+        "fit",
+        lambda t: fit(optimizer="adam"),
+        TypeError,
+        r"fit: optimizer must be an optax GradientTransformation .*got str",
+    ),
+    (
+        "fit key",
+        "fit",
+        lambda t: fit(key=0),
+        TypeError,
+        r"fit: key must be one PRNG key \(jax.random.key\(seed\)\), got int",
+    ),
+    (
+        "fit callback",
+        "fit",
+        lambda t: fit(callback=3),
+        TypeError,
+        r"fit: callback must be callable or None, got int",
+    ),
+    # --- manual_bp.data ----------------------------------------------------------------------
+    (
+        "load_digits seed",
+        "load_digits",
+        lambda t: data.load_digits(seed=-1),
+        ValueError,
+        r"load_digits: seed must be a non-negative int, got -1",
+    ),
+    (
+        "load_mnist1d samples",
+        "load_mnist1d",
+        lambda t: data.load_mnist1d(num_samples=15),
+        ValueError,
+        r"load_mnist1d: num_samples must be a positive multiple of 10",
+    ),
+    (
+        "load_mnist5k fraction",
+        "load_mnist5k",
+        lambda t: data.load_mnist5k(test_fraction=1.5),
+        ValueError,
+        r"load_mnist5k: test_fraction must be a number in \(0, 1\), got 1.5",
+    ),
+    (
+        "load_npz labels out of range",
+        "load_npz",
+        lambda t: data.load_npz(_npz(t, y=np.arange(12) % 4), num_classes=3),
+        ValueError,
+        r"load_npz: .*d.npz: labels must be in \[0, 3\) for num_classes=3, found label 3",
+    ),
+    (
+        "load_npz negative labels",
+        "load_npz",
+        lambda t: data.load_npz(_npz(t, y=np.arange(12) % 4 - 1)),
+        ValueError,
+        r"load_npz: .*d.npz: 'y' has negative labels \(min -1\)",
+    ),
+    (
+        "load_idx num_classes",
+        "load_idx",
+        lambda t: data.load_idx(t, num_classes=0),
+        ValueError,
+        r"load_idx: num_classes must be an int in 1..256, got 0",
+    ),
+    (
+        "load_dataset spec",
+        "load_dataset",
+        lambda t: data.load_dataset("cifar"),
+        ValueError,
+        r"load_dataset: unknown dataset 'cifar'; choose one of: digits, mnist1d",
+    ),
+    # --- manual_bp.checkpoint ----------------------------------------------------------------
+    (
+        "save non-finite params",
+        "save_checkpoint",
+        lambda t: save(
+            t / "c.npz", params={**PARAMS, "dense_0": {**PARAMS["dense_0"], "b": z(4) / 0}}
+        ),
+        ValueError,
+        r"save_checkpoint: params/dense_0/b has 4 non-finite values \(NaN or inf\) of 4; "
+        r"refusing to write them to .*c.npz",
+    ),
+    (
+        "save epoch",
+        "save_checkpoint",
+        lambda t: save(t / "c.npz", epoch=-1),
+        ValueError,
+        r"save_checkpoint: epoch must be a non-negative int, got -1",
+    ),
+    (
+        "save key",
+        "save_checkpoint",
+        lambda t: save(t / "c.npz", key=7),
+        TypeError,
+        r"save_checkpoint: key must be a typed PRNG key \(jax.random.key\(seed\)\), got int",
+    ),
+    (
+        "save config",
+        "save_checkpoint",
+        lambda t: save(t / "c.npz", config={"lr": object()}),
+        TypeError,
+        r"save_checkpoint: config must be plain JSON data: Object of type object",
+    ),
+    (
+        "load other model",
+        "load_checkpoint",
+        lambda t: saved_then_loaded(t, params=train.mlp((5,), 3, "tanh").init(KEY, (8, 6), f32)),
+        ValueError,
+        r"checkpoint .*c.npz: params/dense_0/b has shape \(4,\) and dtype float32, the model "
+        r"expects \(5,\) float32",
+    ),
+    (
+        "load other optimizer",
+        "load_checkpoint",
+        lambda t: saved_then_loaded(t, opt_state=optax.sgd(0.1, momentum=0.9).init(PARAMS)),
+        ValueError,
+        r"checkpoint .*c.npz: it was written for a different model or optimizer",
+    ),
+    (
+        "load missing file",
+        "load_checkpoint",
+        lambda t: load(t / "none.npz"),
+        ValueError,
+        r"checkpoint .*none.npz: no such file",
+    ),
+]
+
+
+def _npz(folder: Path, y: np.ndarray) -> Path:
+    path = folder / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((len(y), 3)), y=y)
+    return path
+
+
+@pytest.mark.parametrize(("call", "exc", "pattern"), [pytest.param(*b[2:], id=b[0]) for b in BAD])
+def test_bad_input_raises_a_clear_error(call, exc, pattern, tmp_path):
+    with pytest.raises(exc, match=pattern) as info:
+        call(tmp_path)
+    assert type(info.value) in (ValueError, TypeError)
+    assert not re.search(r"Traced<|tracer", str(info.value))
+
+
+def test_fit_rejects_before_compiling(monkeypatch):
+    """fit's checks run before jax.jit traces anything."""
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("jax.jit was reached")
+
+    monkeypatch.setattr(jax, "jit", no_tracing)
+    with pytest.raises(ValueError, match=r"fit: data.y_train must hold class ids"):
+        fit(bad_data(y_train=np.full(24, 7, np.int32)))
+
+
+# --- the manual-bp command: each bad argument exits 2 with one line -------------------------
+
+CLI_BAD = [
+    (["train", "--epochs", "0"], r"argument --epochs: expected a positive integer, got '0'"),
+    (["train", "--hidden", "16,-2"], r"argument --hidden: expected comma-separated positive"),
+    (["train", "--lr", "nan"], r"argument --lr: expected a positive number, got 'nan'"),
+    (["train", "--batch-size", "100000"], r"argument --batch-size: 100000 is larger than the"),
+    (["train", "--dataset", "npz:"], r"argument --dataset: load_dataset: 'npz:' needs a PATH"),
+    (["train", "--dataset", "idx:{tmp}/none"], r"load_idx: .*none: directory not found"),
+    (["train", "--out", "{tmp}/file"], r"argument --out: .*file exists and is not a directory"),
+    (["train", "--resume", "--out", "{tmp}"], r"argument --resume: no checkpoint at .*"),
+    (["verify", "--rule", "nope"], r"unknown rule\(s\) nope; registered: "),
+    (["verify", "--dtype", "float8"], r"argument --dtype: invalid choice: 'float8'"),
+    (["fly"], r"argument COMMAND: invalid choice: 'fly'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "pattern"), CLI_BAD, ids=[" ".join(a) for a, _ in CLI_BAD])
+def test_cli_bad_arguments_exit_2_with_a_clear_line(argv, pattern, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, line = cli(capsys, *(a.replace("{tmp}", str(tmp_path)) for a in argv))
+    assert code == 2
+    assert re.search(pattern, line), line
+    assert line.startswith("manual-bp")
+
+
+# --- every public callable is in a table ------------------------------------------------------
+
+NOT_CALLED_WITH_DATA = {
+    "Rule": "a NamedTuple (checked where it is registered or called)",
+    "NetworkReport": "a result type",
+    "RuleReport": "a result type",
+    "Layer": "a NamedTuple (its constructors are in the table)",
+    "Context": "a NamedTuple of the forward pass's mode (used through value_and_grad)",
+    "has_state": "a predicate over a network's description",
+    "Checkpoint": "a result type",
+    "Dataset": "a NamedTuple (checked by fit)",
+    "FitResult": "a result type",
+}
+
+
+def test_every_public_callable_has_a_row():
+    """Each public name of manual_bp, manual_bp.nn, data, train and checkpoint has a row in
+    this table or in tests/test_bad_input.py, or is listed above as holding no inputs."""
+    import test_bad_input
+
+    covered = {b[1] for b in BAD}
+    covered |= {"value_and_grad", "register"} if test_bad_input.BAD else set()
+    public = {
+        name
+        for module in (manual_bp, nn, data, train, checkpoint)
+        for name in module.__all__
+        if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)
+    }
+    missing = sorted(public - covered - set(NOT_CALLED_WITH_DATA))
+    assert not missing, f"public names without a bad-input row: {missing}"
