@@ -1,0 +1,1 @@
+"""Side-by-side speed and memory benchmarks (``python -m benchmarks``; see ``runner``)."""
