@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from manual_bp import nn
 from manual_bp.checkpoint import load_checkpoint, save_checkpoint
 from manual_bp.data import Dataset
 from manual_bp.train import fit, mlp
@@ -58,10 +59,10 @@ def _equal(a, b):
 def test_resume_is_bit_identical(tmp_path):
     saved = {}
 
-    def keep(epoch, params, opt_state):
+    def keep(epoch, params, opt_state, state):
         saved[epoch] = (params, opt_state)
 
-    straight, history = _train(4, on_epoch_end=keep)
+    straight, history, *_ = _train(4, on_epoch_end=keep)
     path = tmp_path / "ckpt.npz"
     params2, opt2 = saved[2]
     save_checkpoint(path, params=params2, opt_state=opt2, epoch=2, key=KEY, config={"m": "mlp"})
@@ -69,10 +70,36 @@ def test_resume_is_bit_identical(tmp_path):
     assert ck.epoch == 2 and ck.config == {"m": "mlp"}
     assert np.array_equal(jax.random.key_data(ck.key), jax.random.key_data(KEY))
     assert _equal(ck.params, params2) and _equal(ck.opt_state, opt2)
-    resumed, rest = _train(4, params=ck.params, opt_state=ck.opt_state, start_epoch=ck.epoch)
+    resumed, rest, *_ = _train(4, params=ck.params, opt_state=ck.opt_state, start_epoch=ck.epoch)
     assert _equal(resumed, straight), "resumed training differs from an uninterrupted run"
     assert [r["train_loss"] for r in rest] == [r["train_loss"] for r in history[2:]]
     assert not _equal(saved[2][0], straight)  # the comparison can fail
+
+
+def test_resume_with_batch_norm_state_and_dropout_is_bit_identical(tmp_path):
+    """The network's state goes into the checkpoint; resuming continues the same statistics
+    and the same dropout masks."""
+    net = nn.serial(nn.Dense(8), nn.BatchNorm(), nn.Tanh(), nn.Dropout(0.3), nn.Dense(3))
+    params = net.init(jax.random.key(1), (16, 6), jnp.float32)
+    state0 = net.init_state(jax.random.key(1), (16, 6), jnp.float32)
+    saved = {}
+
+    def run(epochs, **kw):
+        return fit(net, "softmax_cross_entropy", kw.pop("params", params), DATA,
+                   optimizer=OPT, epochs=epochs, batch_size=16, key=KEY, **kw)  # fmt: skip
+
+    straight = run(4, on_epoch_end=lambda e, p, o, s: saved.setdefault(e, (p, o, s)))
+    path = tmp_path / "ckpt.npz"
+    p2, o2, s2 = saved[2]
+    save_checkpoint(path, params=p2, opt_state=o2, epoch=2, key=KEY, config={}, state=s2)
+    ck = load_checkpoint(
+        path, params_like=params, opt_state_like=OPT.init(params), state_like=state0
+    )
+    assert _equal(ck.state, s2) and not _equal(ck.state, state0)
+    resumed = run(4, params=ck.params, opt_state=ck.opt_state, state=ck.state, start_epoch=2)
+    assert _equal(resumed.params, straight.params) and _equal(resumed.state, straight.state)
+    with pytest.raises(ValueError, match="different model"):
+        load_checkpoint(path, params_like=params, opt_state_like=OPT.init(params))
 
 
 def _save(path, params=None, epoch=1):

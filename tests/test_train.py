@@ -219,6 +219,44 @@ def test_fit_carries_batch_norm_state_and_dropout_keys(digits):
         np.testing.assert_allclose(var, ref.state[bn]["var"], rtol=1e-3, atol=1e-3)
 
 
+def test_fit_taps_record_the_norms_of_the_step_itself(digits):
+    """One full-batch step per epoch: the recorded norms are those of that step's delta,
+    gradient and layer outputs, recomputed here from the reference's jax.grad and a numpy
+    forward pass; recording them changes nothing in the training."""
+    x, y = np.asarray(digits.x_train[:200], np.float64), np.asarray(digits.y_train[:200])
+    data = Dataset(x, y, x[:20], y[:20], 10, "digits-200")
+    net = mlp((12,), 10, "tanh")
+    params = net.init(jax.random.key(0), (200, 64), jnp.float64)
+    run = dict(optimizer=optax.sgd(0.1), epochs=1, batch_size=200, key=jax.random.key(1))
+    with_taps = fit(net, LOSS, params, data, taps=True, **run)
+    without = fit(net, LOSS, params, data, **run)
+    for a, b in zip(
+        jax.tree.leaves(with_taps.params), jax.tree.leaves(without.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    norms = with_taps.history[0]["norms"]
+    _, grads, deltas = reference.value_grad_and_deltas(net, LOSS)(params, jnp.asarray(x), y)
+    p = jax.tree.map(np.asarray, params)
+    h = np.tanh(x @ p["dense_0"]["w"] + p["dense_0"]["b"])
+    outputs = {
+        "dense_0": np.arctanh(h),
+        "tanh_1": h,
+        "dense_2": h @ p["dense_2"]["w"] + p["dense_2"]["b"],
+    }
+    per_example = lambda a: float(np.mean(np.linalg.norm(np.reshape(a, (len(a), -1)), axis=1)))  # noqa: E731
+    assert set(norms["delta"]) == set(norms["activation"]) == set(outputs)
+    for name in outputs:
+        assert norms["delta"][name] == pytest.approx(
+            per_example(np.asarray(deltas[name])), rel=1e-5
+        )
+        assert norms["activation"][name] == pytest.approx(per_example(outputs[name]), rel=1e-5)
+    for name in ("dense_0", "dense_2"):
+        total = np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in grads[name].values()))
+        assert norms["grad"][name] == pytest.approx(total, rel=1e-5)
+    with pytest.raises(ValueError, match="taps come from the handwritten backward"):
+        fit(net, LOSS, params, data, taps=True, grad_fn=reference.value_and_grad, **run)
+
+
 # --- verify_gradients ---------------------------------------------------------------------
 
 
@@ -283,8 +321,32 @@ def test_cli_help_lists_every_option(capsys):
         "--optimizer",
         "--seed",
         "--grad",
+        "--dropout",
+        "--batch-norm",
+        "--feedback",
     ):
         assert option in out
+
+
+@pytest.mark.parametrize("feedback", ["fa", "dfa"])
+def test_cli_feedback_alignment_records_angles_and_taps(feedback, capsys):
+    """Training with a swapped backward: the gradient check still compares the backprop rules
+    (and passes), metrics.jsonl gets per-layer angles and norms, alignment.png is drawn."""
+    import json
+    from pathlib import Path
+
+    argv = ["train", "--epochs", "2", "--hidden", "16,16", "--feedback", feedback, "--out", "fb"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"gradient check.*: ok$", out, re.MULTILINE)
+    records = [json.loads(line) for line in Path("fb/metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        angles = r["alignment"]["grads"]
+        assert set(angles) == {"dense_0", "dense_2", "dense_4"}
+        assert angles["dense_4"] < 0.5 and 1 < angles["dense_0"] < 180  # float32 arccos near 0°
+        assert set(r["norms"]) == {"delta", "activation", "grad"}
+    assert Path("fb/alignment.png").stat().st_size > 0
 
 
 def test_cli_short_run_with_reference_gradients(capsys):

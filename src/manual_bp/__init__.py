@@ -5,7 +5,7 @@ The lecture in five lines: C(θ) = Σₙ Cⁿ(θ); ∂C/∂w = ∂z/∂w · ∂C
 the output layer ∂C/∂z comes from the loss.
 """
 
-from . import credit, nn, per_example, rules
+from . import credit, nn, parallel, per_example, rules
 from ._registry import RULES, Rule, get_rule, register
 from .adapter import as_custom_vjp
 from .grad import value_and_grad, value_grad_and_deltas
@@ -29,6 +29,7 @@ __all__ = [
     "credit",
     "get_rule",
     "nn",
+    "parallel",
     "per_example",
     "register",
     "rules",

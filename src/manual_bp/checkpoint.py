@@ -1,18 +1,29 @@
 """Checkpoints that cannot execute code on load, written atomically, restored exactly.
 
 A checkpoint is one ``.npz`` file (read with ``allow_pickle=False``) holding every leaf of the
-parameters and the optimizer state under its tree path (``params/dense_0/w``,
-``opt_state/0/mu/dense_0/w``, ...), the epoch, the PRNG key's data, the run's configuration as
-JSON, and a SHA-256 digest over all of it. It is written to a temporary file in the same folder
-and renamed over the old one, so an interrupted write leaves the previous checkpoint intact.
+parameters, the optimizer state and the network's state under its tree path
+(``params/dense_0/w``, ``opt_state/0/mu/dense_0/w``, ``state/batch_norm_1/mean``, ...), the
+epoch, the PRNG key's data, the run's configuration as JSON, and a SHA-256 digest over all of
+it. It is written to a temporary file in the same folder and renamed over the old one, so an
+interrupted write leaves the previous checkpoint intact.
+
+A checkpoint is never written with a NaN or infinite value in the parameters, the optimizer
+state or the network state: :func:`save_checkpoint` refuses them, so the last checkpoint on disk
+is always the last finite one.
+
+Test hook (inert unless set): when the environment variable ``MANUAL_BP_CHECKPOINT_DELAY`` holds
+a number of seconds, :func:`save_checkpoint` sleeps that long between writing the temporary file
+and renaming it, so tests can interrupt a run during a checkpoint write deterministically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +35,9 @@ __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 _FORMAT = "manual_bp.checkpoint/1"
 
+_DELAY_ENV = "MANUAL_BP_CHECKPOINT_DELAY"
+"""Test hook: seconds to sleep between writing the temporary file and the rename."""
+
 
 class Checkpoint(NamedTuple):
     """What :func:`load_checkpoint` returns."""
@@ -33,6 +47,8 @@ class Checkpoint(NamedTuple):
     epoch: int
     key: jax.Array
     config: dict[str, Any]
+    state: Any = None
+    """The network's state (batch-norm statistics), when ``state_like`` was given."""
 
 
 def _flat(prefix: str, tree: Any) -> dict[str, np.ndarray]:
@@ -62,13 +78,17 @@ def save_checkpoint(
     epoch: int,
     key: jax.Array,
     config: dict[str, Any],
+    state: Any = None,
 ) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename).
+
+    ``state`` is the network's state (batch-norm running statistics), if it has any.
+    """
     path = Path(path)
     arrays = {**_flat("params", params), **_flat("opt_state", opt_state)}
-    arrays["meta/epoch"] = np.asarray(epoch, np.int64)
-    arrays["meta/key"] = np.asarray(jax.random.key_data(key))
-    arrays["meta/config"] = np.frombuffer(json.dumps(config, sort_keys=True).encode(), np.uint8)
+    arrays.update(_flat("state", {} if state is None else state))
+    _check_finite(arrays, path)
+    arrays.update(_meta(epoch, key, config))
     arrays["meta/format"] = np.frombuffer(_FORMAT.encode(), np.uint8)
     arrays["meta/digest"] = np.frombuffer(_digest(arrays).encode(), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,10 +98,66 @@ def save_checkpoint(
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        _test_delay()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
+    for name, a in arrays.items():
+        if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise ValueError(
+                f"save_checkpoint: {name} has {bad} non-finite values (NaN or inf) of {a.size}; "
+                f"refusing to write them to {path}"
+            )
+
+
+def _meta(epoch: Any, key: Any, config: Any) -> dict[str, np.ndarray]:
+    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch < 0:
+        raise ValueError(f"save_checkpoint: epoch must be a non-negative int, got {epoch!r}")
+    if not isinstance(key, jax.Array) or not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(
+            f"save_checkpoint: key must be a typed PRNG key (jax.random.key(seed)), "
+            f"got {type(key).__name__} {getattr(key, 'dtype', '')}".rstrip()
+        )
+    if not isinstance(config, dict):
+        raise TypeError(f"save_checkpoint: config must be a dict, got {type(config).__name__}")
+    try:
+        text = json.dumps(config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"save_checkpoint: config must be plain JSON data: {e}") from None
+    return {
+        "meta/epoch": np.asarray(epoch, np.int64),
+        "meta/key": np.asarray(jax.random.key_data(key)),
+        "meta/config": np.frombuffer(text.encode(), np.uint8),
+    }
+
+
+def _test_delay() -> None:
+    """The test hook: sleep ``$MANUAL_BP_CHECKPOINT_DELAY`` seconds if it is set."""
+    value = os.environ.get(_DELAY_ENV)
+    if value:
+        seconds = float(value)
+        if math.isfinite(seconds) and seconds > 0:
+            time.sleep(seconds)
 
 
 def _restore(prefix: str, template: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:
@@ -106,9 +182,10 @@ def _restore(prefix: str, template: Any, arrays: dict[str, np.ndarray], path: Pa
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, params_like: Any, opt_state_like: Any
+    path: str | os.PathLike[str], *, params_like: Any, opt_state_like: Any, state_like: Any = None
 ) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` into the given tree structures.
+    """Read a checkpoint written by :func:`save_checkpoint` into the given tree structures
+    (``state_like`` for the network's state; ``None`` for a network without state).
 
     Raises:
       ValueError: the file is missing, truncated, corrupted or tampered with (digest mismatch),
@@ -133,6 +210,8 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path}: contents do not match its digest (corrupted)")
     params = _restore("params", params_like, arrays, path)
     opt_state = _restore("opt_state", opt_state_like, arrays, path)
+    state = _restore("state", {} if state_like is None else state_like, arrays, path)
     key = jax.random.wrap_key_data(jax.numpy.asarray(arrays["meta/key"]))
     config = json.loads(arrays["meta/config"].tobytes().decode())
-    return Checkpoint(params, opt_state, int(arrays["meta/epoch"]), key, config)
+    epoch = int(arrays["meta/epoch"])
+    return Checkpoint(params, opt_state, epoch, key, config, None if state_like is None else state)

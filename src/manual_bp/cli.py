@@ -34,6 +34,14 @@ def _number(cast: type, positive: bool):
     return parse
 
 
+def _rate(text: str) -> float:
+    """An argparse type: a dropout rate in [0, 1)."""
+    value = _non_negative_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
+    return value
+
+
 _positive_int = _number(int, positive=True)
 _non_negative_int = _number(int, positive=False)
 _positive_float = _number(float, positive=True)
@@ -50,7 +58,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .train import ACTIVATIONS
+    from .train import ACTIVATIONS, FEEDBACK
 
     parser = argparse.ArgumentParser(
         prog="manual-bp",
@@ -89,6 +97,29 @@ def _parser() -> argparse.ArgumentParser:
         choices=tuple(ACTIVATIONS),
         default="relu",
         help="activation after every hidden layer",
+    )
+    train.add_argument(
+        "--dropout",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="inverted dropout with rate P in [0, 1) after every hidden activation (mlp) or "
+        "before the last layer (cnn); off in evaluation (default 0: none)",
+    )
+    train.add_argument(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch normalization after each convolution of the cnn (default on)",
+    )
+    train.add_argument(
+        "--feedback",
+        choices=FEEDBACK,
+        default="backprop",
+        help="how the error is sent backward: backprop, feedback alignment (fa), sign "
+        "symmetry (sign), Kolen-Pollack (kp) on every weighted layer, or direct feedback "
+        "alignment (dfa); with any but backprop, metrics.jsonl and alignment.png record the "
+        "angle between each layer's update and backprop's",
     )
     train.add_argument("--epochs", type=_positive_int, default=30, help="passes over the data")
     train.add_argument(
@@ -158,6 +189,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also check the gradients against jax.grad every N epochs (0: first step only)",
     )
+    train.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="data-parallel over the first N devices: the batch is split over them, parameters "
+        "replicated, and XLA all-reduces the handwritten gradients (see docs/scaling.md)",
+    )
+    train.add_argument(
+        "--mesh-shape",
+        metavar="DxM",
+        help="a (data, model) device mesh: the batch split over D devices and the dense weights "
+        "over M (tensor parallel); alone, it sets --devices to D*M",
+    )
+    train.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="multi-process run: the address of process 0 (or JAX_COORDINATOR_ADDRESS)",
+    )
+    train.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        metavar="P",
+        help="multi-process run: the number of processes (or JAX_NUM_PROCESSES)",
+    )
+    train.add_argument(
+        "--process-id",
+        type=_non_negative_int,
+        metavar="I",
+        help="multi-process run: this process's index in [0, P) (or JAX_PROCESS_ID)",
+    )
+    train.add_argument(
+        "--debug-nans",
+        action="store_true",
+        help="when a step's loss, gradient or update is not finite (training then stops with exit "
+        "code 3), also rerun that step under jax.experimental.checkify to name the primitive "
+        "that generated the first NaN",
+    )
     verify = sub.add_parser(
         "verify",
         help="audit every registered rule in every dtype, and the bundled networks",
@@ -187,6 +256,20 @@ def _parser() -> argparse.ArgumentParser:
         "--all-shapes", action="store_true", help="every shape of the table (default: the first)"
     )
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    from .bench import add_arguments as _bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="side-by-side speed and memory benchmarks: manual vs jax.grad, PyTorch, numpy",
+        description=(
+            "Run the benchmark suite of the source checkout's benchmarks/ folder (the same as "
+            "python -m benchmarks): training-step time of the handwritten backward against "
+            "jax.grad of the reference, PyTorch and numpy, achieved GFLOP/s against the "
+            "measured matmul rate, compile time and memory. Writes results.json and results.md."
+        ),
+    )
+    bench.set_defaults(command_parser=bench)
+    _bench_arguments(bench)
     return parser
 
 
@@ -261,7 +344,22 @@ _RESUME_KEYS = (
     "batch_size",
     "seed",
     "grad",
+    "dropout",
+    "batch_norm",
+    "feedback",
 )
+
+
+def _default_out(dataset: str, model: str) -> str:
+    """``runs/TAG-MODEL``: TAG is the dataset spec's last path part with every character other
+    than letters, digits, ``-`` and ``_`` replaced by ``_``, so it never leaves ``runs/``."""
+    tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset.split("/")[-1])
+    return f"runs/{tag or 'data'}-{model}"
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> None:
+    """Exit with code 2 and one line on stderr (a bad file or folder: no usage text)."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -272,26 +370,41 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import reference
 
+    from ._interrupt import EXIT_INTERRUPTED, Interrupts
+    from ._registry import get_rule
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .credit import alignment
     from .data import load_dataset
     from .grad import value_and_grad, value_grad_and_deltas
+    from .guard import EXIT_NON_FINITE, NonFiniteError, name_primitive
+    from .parallel import cli_mesh
     from .report import layer_norms, read_metrics, write_metrics, write_plots
     from .train import build_model, fit, verify_gradients
 
     start = time.perf_counter()
     if args.out is None:
-        tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.dataset.split("/")[-1])
-        args.out = f"runs/{tag}-{args.model}"
+        args.out = _default_out(args.dataset, args.model)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        parser.error(f"argument --out: {out} exists and is not a directory")
+        _fail(parser, f"argument --out: {out} exists and is not a directory")
     ckpt_path, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
     if args.resume and not ckpt_path.is_file():
-        parser.error(f"argument --resume: no checkpoint at {ckpt_path}")
+        _fail(parser, f"argument --resume: no checkpoint at {ckpt_path}")
+    try:  # before any other JAX computation: a multi-process run joins its peers here
+        mesh = cli_mesh(
+            args.devices,
+            args.mesh_shape,
+            args.batch_size,
+            coordinator=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    except ValueError as e:
+        _fail(parser, str(e))
     try:
         data = load_dataset(args.dataset, seed=args.seed)
     except (ImportError, ValueError) as e:
-        parser.error(f"argument --dataset: {e}")
+        _fail(parser, f"argument --dataset: {e}")
     if args.hidden is None:
         args.hidden = _DEFAULT_HIDDEN[args.model]
     n_train, n_features = data.x_train.shape
@@ -313,21 +426,37 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "seed": args.seed,
         "grad": args.grad,
         "epochs": args.epochs,
+        "dropout": args.dropout,
+        "batch_norm": args.batch_norm,
+        "feedback": args.feedback,
     }
 
-    net, data = build_model(args.model, data, hidden=args.hidden, activation=args.activation)
+    net, data = build_model(
+        args.model,
+        data,
+        hidden=args.hidden,
+        activation=args.activation,
+        dropout=args.dropout,
+        batch_norm=args.batch_norm,
+        feedback=args.feedback,
+    )
     loss = "softmax_cross_entropy"
     optimizer = _optimizer(args.optimizer, args.lr, args.weight_decay, args.clip_norm)
     init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
-    params = net.init(init_key, (args.batch_size, *data.x_train.shape[1:]), jnp.float32)
+    batch_shape = (args.batch_size, *data.x_train.shape[1:])
+    params = net.init(init_key, batch_shape, jnp.float32)
+    net_state = net.init_state(init_key, batch_shape, jnp.float32)  # batch-norm statistics
     opt_state, start_epoch, records = None, 0, []
     if args.resume:
         try:
             ck = load_checkpoint(
-                ckpt_path, params_like=params, opt_state_like=optimizer.init(params)
+                ckpt_path,
+                params_like=params,
+                opt_state_like=optimizer.init(params),
+                state_like=net_state,
             )
         except ValueError as e:
-            parser.error(f"argument --resume: {e}")
+            _fail(parser, f"argument --resume: {e}")
         changed = [k for k in _RESUME_KEYS if ck.config.get(k) != config[k]]
         if changed:
             parser.error(
@@ -337,8 +466,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if ck.epoch > args.epochs:
             parser.error(f"argument --epochs: the checkpoint is already at epoch {ck.epoch}")
         params, opt_state, start_epoch, shuffle_key = ck.params, ck.opt_state, ck.epoch, ck.key
+        net_state = ck.state
         records = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".{ckpt_path.name}.*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if args.model == "mlp":
@@ -361,8 +493,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     x_check = jnp.asarray(data.x_train[: args.batch_size])
     y_check = jnp.asarray(data.y_train[: args.batch_size])
 
-    def check_gradients(p, when: str) -> dict:
-        check = verify_gradients(net, loss, p, x_check, y_check)
+    check_key = jax.random.key(args.seed)  # dropout masks of the checked batch
+
+    def check_gradients(p, st, when: str) -> dict:
+        check = verify_gradients(net, loss, p, x_check, y_check, state=st, key=check_key)
         status = "ok" if check["ok"] else f"FAILED (worst: {check['worst']})"
         _say(
             f"gradient check, {when}, manual vs jax.grad ({check['num_compared']} arrays): "
@@ -371,13 +505,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         return check
 
-    first_check = check_gradients(params, "first batch")
+    first_check = check_gradients(params, net_state, "first batch")
     if not first_check["ok"]:
         print("manual-bp train: the handwritten gradients disagree with jax.grad", file=sys.stderr)
         return 1
 
     grad_fn = value_and_grad if args.grad == "manual" else reference.value_and_grad
-    taps = jax.jit(value_grad_and_deltas(net, loss))
+    taps = jax.jit(value_grad_and_deltas(net, loss, has_state=True))
+    align = None if args.feedback == "backprop" else jax.jit(alignment(net, loss))
     width = len(str(args.epochs))
     bar = _progress(args.epochs, start_epoch)
     checks_failed = []
@@ -390,26 +525,32 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             bar,
         )
 
-    def on_epoch_end(epoch, p, state) -> None:
+    def on_epoch_end(epoch, p, opt, st) -> None:
         record = dict(history_tail[-1])
-        _, grads, deltas = taps(p, x_check, y_check)
-        record["norms"] = layer_norms(grads, deltas)
+        if "norms" not in record:  # --grad reference: no taps; one backward on the check batch
+            _, grads, deltas = taps(p, st, x_check, y_check, check_key)
+            record["norms"] = layer_norms(grads, deltas)
+        if align is not None:  # angle to backprop's update, from one forward on the check batch
+            record["alignment"] = jax.tree.map(float, align(p, st, x_check, y_check, check_key))
         if args.verify_every and epoch % args.verify_every == 0:
-            check = check_gradients(p, f"epoch {epoch}")
+            check = check_gradients(p, st, f"epoch {epoch}")
             record["gradient_check_max_rel_error"] = check["max_rel_error"]
             if not check["ok"]:
                 checks_failed.append(epoch)
-        records.append(record)
-        write_metrics(metrics_path, records)
         steps = epoch * (n_train // args.batch_size)  # optimizer steps taken so far
-        save_checkpoint(
-            ckpt_path,
-            params=p,
-            opt_state=state,
-            epoch=epoch,
-            key=shuffle_key,
-            config={**config, "step": steps},
-        )
+        with interrupts.critical():  # Ctrl-C waits for the checkpoint to be in place
+            records.append(record)
+            write_metrics(metrics_path, records)
+            save_checkpoint(
+                ckpt_path,
+                params=p,
+                opt_state=opt,
+                epoch=epoch,
+                key=shuffle_key,
+                config={**config, "step": steps},
+                state=st,
+            )
+            saved[0] = epoch
         if bar is not None:
             bar.update(1)
             bar.set_postfix(
@@ -417,6 +558,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
 
     history_tail: list[dict] = []
+    interrupts, saved = Interrupts(), [start_epoch]
 
     def callback(r: dict) -> None:
         history_tail.append(r)
@@ -424,21 +566,44 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     train_start = time.perf_counter()
     try:
-        fit(
-            net,
-            loss,
-            params,
-            data,
-            optimizer=optimizer,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            key=shuffle_key,
-            grad_fn=grad_fn,
-            callback=callback,
-            opt_state=opt_state,
-            start_epoch=start_epoch,
-            on_epoch_end=on_epoch_end,
+        with interrupts.installed():
+            fit(
+                net,
+                loss,
+                params,
+                data,
+                optimizer=optimizer,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                key=shuffle_key,
+                grad_fn=grad_fn,
+                callback=callback,
+                opt_state=opt_state,
+                start_epoch=start_epoch,
+                on_epoch_end=on_epoch_end,
+                stop_on_non_finite=True,
+                state=net_state,
+                taps=args.grad == "manual",  # per-layer norms from the training steps themselves
+                mesh=mesh,
+            )
+    except NonFiniteError as e:
+        kept = (
+            f"{ckpt_path} keeps epoch {saved[0]}, the last finite one"
+            if saved[0]
+            else "no checkpoint written"
         )
+        print(f"manual-bp train: {e}; {kept}", file=sys.stderr)
+        if args.debug_nans:
+            print(f"manual-bp train: {name_primitive(net, get_rule(loss), e)}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except KeyboardInterrupt:
+        kept = (
+            f"{ckpt_path} holds epoch {saved[0]} of {args.epochs}; continue with --resume"
+            if saved[0]
+            else "no epoch finished, no checkpoint written"
+        )
+        print(f"manual-bp train: interrupted; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.close()
@@ -487,13 +652,23 @@ def _say(text: str, bar=None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``manual-bp`` command line; returns the exit code.
 
-    Bad arguments exit with code 2 (``SystemExit``) and a one-line message.
+    Bad arguments exit with code 2 (``SystemExit``) and a one-line message. ``train`` also
+    returns 1 when a gradient check fails, 3 when a non-finite loss, gradient or update stopped
+    training (the checkpoint keeps the last finite epoch) and 130 when interrupted (SIGINT).
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return _train(args, args.command_parser)
-    if args.command == "verify":
-        return _verify(args, args.command_parser)
+    try:
+        if args.command == "train":
+            return _train(args, args.command_parser)
+        if args.command == "verify":
+            return _verify(args, args.command_parser)
+        if args.command == "bench":
+            from .bench import run as _bench
+
+            return _bench(args)
+    except KeyboardInterrupt:
+        print(f"manual-bp {args.command}: interrupted", file=sys.stderr)
+        return 130
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks choices
     return 2

@@ -21,12 +21,23 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import nn
+from . import credit, guard, nn
+from ._fit_checks import check_fit_inputs
 from ._registry import Rule, get_rule
 from .data import Dataset
-from .grad import value_and_grad, value_grad_and_deltas
+from .grad import _backprop, value_and_grad, value_grad_and_deltas
+from .parallel import constrain_batch, place_for_fit
 
-__all__ = ["ACTIVATIONS", "MODELS", "FitResult", "build_model", "fit", "mlp", "verify_gradients"]
+__all__ = [
+    "ACTIVATIONS",
+    "FEEDBACK",
+    "MODELS",
+    "FitResult",
+    "build_model",
+    "fit",
+    "mlp",
+    "verify_gradients",
+]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
     "sigmoid": nn.Sigmoid,
@@ -101,6 +112,7 @@ def build_model(
     activation: str = "relu",
     dropout: float = 0.0,
     batch_norm: bool = True,
+    feedback: str = "backprop",
 ) -> tuple[nn.Layer, Dataset]:
     """A classifier of ``kind`` for ``data``, and the data laid out for it.
 
@@ -109,12 +121,17 @@ def build_model(
     d = s², else on 1-D signals (n, d, 1, 1) with 5×1 kernels and 2×1 pools; its dense layer
     has ``hidden[0]`` units. ``lstm``/``gru`` read an image row by row (n, s, s), or a
     signal one value per step (n, d, 1), with ``hidden[0]`` units, then classify the last step.
-    ``dropout`` goes to :func:`mlp` and LeNet; ``batch_norm`` to LeNet.
+    ``dropout`` goes to :func:`mlp` and LeNet; ``batch_norm`` to LeNet. ``feedback`` is how
+    the error is sent backward (:data:`FEEDBACK`): ``"backprop"``, or a
+    :func:`manual_bp.credit.feedback` variant on every weighted layer, or ``"dfa"``
+    (:func:`manual_bp.credit.direct_feedback` over the model's layers).
     """
     if kind not in MODELS:
         raise ValueError(f"build_model: unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+    if feedback not in FEEDBACK:
+        raise ValueError(f"build_model: feedback must be one of {FEEDBACK}, got {feedback!r}")
     if kind == "mlp":
-        return mlp(hidden, data.num_classes, activation, dropout), data
+        return _with_feedback(mlp(hidden, data.num_classes, activation, dropout), feedback), data
     d = int(data.x_train.shape[1])
     side = math.isqrt(d)
     image = side * side == d
@@ -140,7 +157,24 @@ def build_model(
     def view(x: np.ndarray) -> np.ndarray:
         return np.reshape(x, (x.shape[0], *shape))
 
+    net = _with_feedback(net, feedback)
     return net, data._replace(x_train=view(data.x_train), x_test=view(data.x_test))
+
+
+FEEDBACK = ("backprop", "fa", "sign", "kp", "dfa")
+"""How :func:`build_model` (and ``manual-bp train --feedback``) sends the error backward."""
+
+
+def _with_feedback(net: nn.Layer, feedback: str) -> nn.Layer:
+    """The model's top-level layers with their backward swapped (see :mod:`manual_bp.credit`)."""
+    if feedback == "backprop":
+        return net
+    if feedback == "dfa":
+        return credit.direct_feedback(*net.children, name=net.name)
+    layers = [
+        credit.feedback(c, feedback) if c.kind in credit.TRANSPORT else c for c in net.children
+    ]
+    return nn.serial(*layers, name=net.name)
 
 
 def _accuracy(out: jax.Array, y: jax.Array) -> jax.Array:
@@ -165,7 +199,10 @@ def fit(
     opt_state: Any = None,
     start_epoch: int = 0,
     on_epoch_end: Callable[[int, Any, Any, Any], None] | None = None,
+    stop_on_non_finite: bool = False,
     state: Any = None,
+    taps: bool = False,
+    mesh: Any = None,
 ) -> FitResult:
     """Train ``params`` on ``data`` with mini-batch gradient descent.
 
@@ -201,7 +238,22 @@ def fit(
         resumed run is bit-identical to an uninterrupted one.
       on_epoch_end: ``on_epoch_end(epoch, params, opt_state, state)`` after each epoch
         (checkpoints).
+      stop_on_non_finite: stop at the first epoch with a step whose loss, gradient or
+        update is not finite (flags from the scan's losses, and the parameters checked
+        once per epoch), before ``callback`` and ``on_epoch_end`` see that epoch, and raise
+        :class:`manual_bp.guard.NonFiniteError` naming the step and the layer. Off, a
+        diverged run returns its non-finite losses (learning-rate sweeps rely on that).
       state: the network's state to continue from (default ``net.init_state(...)``).
+      taps: record, at every step and from the step's own forward and backward pass (no extra
+        pass), every layer's delta norm ‖∂C/∂(output)‖, output norm ‖a‖ (each the mean over
+        the batch of the per-example L2 norm) and gradient norm ‖∂C/∂θ‖; each epoch's record
+        gets their means over its steps as ``norms = {"delta": {layer: ·}, "activation":
+        {...}, "grad": {...}}``. Needs the handwritten backward (no ``grad_fn``).
+      mesh: a :class:`jax.sharding.Mesh` with a ``"data"`` axis (see
+        :func:`manual_bp.parallel.data_parallel_mesh`): each step's batch is split over it and
+        the parameters, optimizer state and network state are replicated (or, with a
+        ``"model"`` axis, dense weights split over it); XLA inserts the all-reduce of the
+        handwritten gradients. ``batch_size`` must divide by the data axis's size.
 
     Returns:
       a :class:`FitResult` ``(params, history, state, opt_state)``; ``history[i]`` has
@@ -210,6 +262,7 @@ def fit(
       includes compilation).
 
     Raises:
+      manual_bp.guard.NonFiniteError: with ``stop_on_non_finite``, see above.
       ValueError: for a non-positive ``batch_size``, a negative ``epochs``, or a
         ``batch_size`` larger than the training set.
     """
@@ -230,31 +283,57 @@ def fit(
             f"use a batch_size of at most {n}"
         )
     loss = get_rule(loss)
+    check_fit_inputs(  # labels in range, opt_state of this optimizer, ...: before tracing
+        net,
+        params,
+        data,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        key=key,
+        opt_state=opt_state,
+        state=state,
+        callbacks={"callback": callback, "on_epoch_end": on_epoch_end},
+    )
+    if taps and grad_fn not in (None, value_and_grad):
+        raise ValueError("fit: taps come from the handwritten backward pass; pass grad_fn=None")
     f = (grad_fn or value_and_grad)(net, loss, has_state=True)
     steps = n // batch_size
+
+    def gradients(params, state, xb, yb, key):
+        if not taps:
+            (c, state), grads = f(params, state, xb, yb, key)
+            return c, state, grads, {}
+        outputs: dict[str, Any] = {}
+        c, state, grads, deltas = _backprop(
+            net, loss, params, xb, yb, state=state, key=key, taps=outputs
+        )
+        return c, state, grads, _tap_norms(grads, deltas, outputs)
 
     def step(carry, batch, dropout_key):
         params, opt_state, state = carry
         xb, yb, i = batch
-        (c, state), grads = f(params, state, xb, yb, jax.random.fold_in(dropout_key, i))
+        c, state, grads, norms = gradients(
+            params, state, xb, yb, jax.random.fold_in(dropout_key, i)
+        )
         # optax mixes Python floats with its int32 step count (Adam's β^t), which strict dtype
         # promotion rejects; the forward and backward above stay under the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-        return (params, opt_state, state), c
+        return (params, opt_state, state), (c, norms)
 
     @jax.jit
     def run_epoch(params, opt_state, state, key, x, y):
         order = jax.random.permutation(key, x.shape[0])[: steps * batch_size]
         order = jnp.reshape(order, (steps, batch_size))
         dropout_key = jax.random.fold_in(key, STEP_KEYS)
-        (params, opt_state, state), losses = lax.scan(
+        (params, opt_state, state), (losses, norms) = lax.scan(
             lambda carry, batch: step(carry, batch, dropout_key),
             (params, opt_state, state),
-            (x[order], y[order], jnp.arange(steps)),
+            (*constrain_batch((x[order], y[order]), mesh, 1, where="fit"), jnp.arange(steps)),
         )
-        return params, opt_state, state, jnp.mean(losses)
+        finite = (jnp.isfinite(losses), guard.tree_is_finite((params, state)))  # the guard
+        return params, opt_state, state, jnp.mean(losses), jax.tree.map(jnp.mean, norms), finite
 
     @jax.jit
     def evaluate(params, state, x, y):
@@ -269,12 +348,31 @@ def fit(
         opt_state = optimizer.init(params)
     if state is None:
         state = net.init_state(key, (batch_size, *x_train.shape[1:]), _float_dtype(params))
+    if mesh is not None:
+        params, opt_state, state, x_train, y_train = place_for_fit(
+            mesh, batch_size, params, opt_state, state, x_train, y_train
+        )
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        params, opt_state, state, train_loss = run_epoch(
+        started = (params, opt_state, state)
+        params, opt_state, state, train_loss, norms, finite = run_epoch(
             params, opt_state, state, jax.random.fold_in(key, epoch), x_train, y_train
         )
+        if stop_on_non_finite and not (bool(jnp.all(finite[0])) and bool(finite[1])):
+            epoch_key = jax.random.fold_in(key, epoch)
+            raise guard.diagnose(
+                net,
+                loss,
+                step_fn=step,
+                carry=started,
+                epoch_key=epoch_key,
+                dropout_key=jax.random.fold_in(epoch_key, STEP_KEYS),
+                data=(x_train, y_train),
+                batch_size=batch_size,
+                losses_finite=finite[0],
+                epoch=epoch,
+            )
         test_loss, test_accuracy = evaluate(params, state, x_test, y_test)
         record = {
             "epoch": epoch,
@@ -282,6 +380,8 @@ def fit(
             "test_loss": float(test_loss),
             "test_accuracy": float(test_accuracy),
         }
+        if taps:
+            record["norms"] = jax.tree.map(float, norms)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         if callback is not None:
@@ -294,6 +394,41 @@ def fit(
 STEP_KEYS = 0x5EED
 """Step i of an epoch draws its dropout masks from ``fold_in(fold_in(epoch_key, STEP_KEYS), i)``
 (the epoch key itself shuffles the training set)."""
+
+
+def _wide(a: Any) -> Any:
+    """float16/bfloat16 (and integer) arrays as float32, wider ones as they are."""
+    floating = jnp.issubdtype(a.dtype, jnp.floating)
+    return a if floating and jnp.dtype(a.dtype).itemsize >= 4 else a.astype(jnp.float32)
+
+
+def _mean_norm(a: Any) -> Any:
+    """Mean over the batch (first axis) of the per-example L2 norm, in float32 or wider."""
+    a = _wide(a)
+    a = jnp.reshape(a, (a.shape[0], -1)) if a.ndim > 1 else jnp.reshape(a, (1, -1))
+    return jnp.mean(jnp.sqrt(jnp.sum(a * a, axis=1)))
+
+
+def _tap_norms(grads: Any, deltas: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer norms of the delta, the output and the parameter gradient (all its arrays)."""
+    grad_norms = {}
+
+    def walk(tree, prefix):
+        if isinstance(tree, dict) and tree and all(isinstance(v, dict) for v in tree.values()):
+            for k, v in tree.items():
+                walk(v, f"{prefix}{k}/")
+            return
+        leaves = jax.tree.leaves(tree)
+        if leaves:
+            total = sum(jnp.sum(jnp.square(_wide(leaf))) for leaf in leaves)
+            grad_norms[prefix.rstrip("/")] = jnp.sqrt(total)
+
+    walk(grads, "")
+    return {
+        "delta": {k: _mean_norm(d) for k, d in deltas.items()},
+        "activation": {k: _mean_norm(a) for k, a in outputs.items() if k in deltas},
+        "grad": grad_norms,
+    }
 
 
 def _float_dtype(params: Any) -> Any:
@@ -325,8 +460,10 @@ def verify_gradients(
     """Compare the handwritten gradients and deltas with ``jax.grad`` of the reference network.
 
     On one batch, in training mode (``state`` defaults to ``net.init_state``, ``key`` feeds
-    dropout), for every parameter gradient ∂C/∂θ, every layer delta ∂C/∂(output), every leaf of
-    the new state and the loss C itself, with m the manual and r the reference value:
+    dropout), with backprop in every layer (:func:`manual_bp.credit.as_backprop`; fixed
+    feedback matrices are left out of the comparison), for every parameter gradient ∂C/∂θ,
+    every layer delta ∂C/∂(output), every leaf of the new state and the loss C itself, with m
+    the manual and r the reference value:
 
     .. math:: \\mathrm{abs} = \\max|m − r|, \\qquad \\mathrm{rel} = \\mathrm{abs} / \\max|r|
 
@@ -347,6 +484,7 @@ def verify_gradients(
     loss = get_rule(loss)
     if state is None:
         state = net.init_state(jax.random.key(0), x.shape, _float_dtype(params))
+    net = credit.as_backprop(net)  # the handwritten backprop rules, whatever net trains with
     manual_fn = jax.jit(value_grad_and_deltas(net, loss, has_state=True))
     reference_fn = jax.jit(reference.value_grad_and_deltas(net, loss, has_state=True))
     (m_value, m_state), m_grads, m_deltas = manual_fn(params, state, x, y, key)
@@ -355,6 +493,10 @@ def verify_gradients(
     ref = {"loss": r_value, **_leaves("grads", r_grads), **_leaves("deltas", r_deltas)}
     manual.update(_leaves("state", m_state))
     ref.update(_leaves("state", r_state))
+    # feedback matrices (credit assignment) are not part of the function the reference
+    # differentiates: they are fixed, or (Kolen–Pollack) given W's gradient by definition
+    manual = {k: v for k, v in manual.items() if "feedback/" not in k}
+    ref = {k: v for k, v in ref.items() if "feedback/" not in k}
     if manual.keys() != ref.keys():
         raise ValueError(
             "verify_gradients: manual and reference results differ in structure: "
