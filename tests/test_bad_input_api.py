@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import manual_bp
-from manual_bp import RULES, checkpoint, data, nn, train
+from manual_bp import RULES, checkpoint, credit, data, nn, per_example, train
 from manual_bp.data import Dataset
 
 f32 = jnp.float32
@@ -48,6 +48,10 @@ GOOD = Dataset(
 NET = train.mlp((4,), 3, "tanh")
 PARAMS = NET.init(KEY, (8, 6), f32)
 OPT = optax.adam(1e-2)
+FA = nn.serial(credit.feedback(nn.Dense(4), "fa"), nn.Tanh(), credit.feedback(nn.Dense(3), "fa"))
+FA_PARAMS, FA_STATE = FA.init(KEY, (8, 6), f32), FA.init_state(KEY, (8, 6), f32)
+DFA = credit.direct_feedback(nn.Dense(4), nn.Tanh(), nn.Dense(3))
+DFA_PARAMS = DFA.init(KEY, (8, 6), f32)
 
 
 def fit(dataset=GOOD, **kw):
@@ -151,6 +155,22 @@ BAD = [
         r"check_rule\('tanh'\): no floating primal",
     ),
     (
+        "check_rule negative tolerance",
+        "check_rule",
+        lambda t: manual_bp.check_rule("tanh", z(3), tolerance=-1e-3),
+        ValueError,
+        r"check_rule\('tanh'\): tolerance must be a finite number >= 0 \(or None\), got -0.001",
+    ),
+    (
+        "check_network nan tolerance",
+        "check_network",
+        lambda t: manual_bp.check_network(
+            NET, "softmax_cross_entropy", PARAMS, z(8, 6), ints(8), tolerance=float("nan")
+        ),
+        ValueError,
+        r"check_network: tolerance must be a finite number >= 0 \(or None\), got nan",
+    ),
+    (
         "check_network params",
         "check_network",
         lambda t: manual_bp.check_network(NET, "softmax_cross_entropy", {}, z(8, 6), ints(8)),
@@ -169,7 +189,8 @@ BAD = [
         "value_grad_and_deltas",
         lambda t: manual_bp.value_grad_and_deltas(nn.serial(nn.Dense(3), nn.BatchNorm()), "mse"),
         ValueError,
-        r"keeps state \(batch-norm statistics\): use value_and_grad\(net, loss, has_state=True\)",
+        r"keeps state \(batch-norm statistics or feedback matrices\): use "
+        r"value_and_grad\(net, loss, has_state=True\)",
     ),
     # --- manual_bp.nn: constructors ----------------------------------------------------------
     ("Dense 0", "Dense", lambda t: nn.Dense(0), ValueError, r"Dense: features must be a positive"),
@@ -695,6 +716,172 @@ BAD = [
         ValueError,
         r"checkpoint .*none.npz: no such file",
     ),
+    # --- manual_bp.credit: swapped backward rules and alignment ---
+    (
+        "feedback str",
+        "feedback",
+        lambda t: credit.feedback("dense", "fa"),
+        TypeError,
+        r"feedback: layer must be a manual_bp.nn.Layer, got 'dense'",
+    ),
+    (
+        "feedback variant",
+        "feedback",
+        lambda t: credit.feedback(nn.Dense(3), "nope"),
+        ValueError,
+        r"feedback: variant must be one of \('backprop', 'fa', 'sign', 'kp'\), got 'nope'",
+    ),
+    (
+        "feedback tanh",
+        "feedback",
+        lambda t: credit.feedback(nn.Tanh(), "fa"),
+        ValueError,
+        r"feedback: layer kind 'tanh' has no weights that carry error backward",
+    ),
+    (
+        "feedback twice",
+        "feedback",
+        lambda t: credit.feedback(credit.feedback(nn.Dense(3), "fa"), "fa"),
+        ValueError,
+        r"feedback: layer 'dense' is already wrapped",
+    ),
+    (
+        "feedback weights",
+        "feedback",
+        lambda t: credit.feedback(nn.Dense(3), "fa", weights=("x",)),
+        ValueError,
+        r"feedback: weights must be a non-empty subset of \('w',\) for a dense layer",
+    ),
+    (
+        "feedback no state",
+        "feedback",
+        lambda t: manual_bp.value_and_grad(FA, "softmax_cross_entropy")(
+            FA_PARAMS, z(8, 6), ints(8)
+        ),
+        ValueError,
+        r"the network 'serial' keeps state .*has_state=True",
+    ),
+    (
+        "dfa str",
+        "direct_feedback",
+        lambda t: credit.direct_feedback("x"),
+        TypeError,
+        r"serial: argument 0 must be a manual_bp.nn.Layer, got 'x'",
+    ),
+    (
+        "dfa empty",
+        "direct_feedback",
+        lambda t: credit.direct_feedback(),
+        ValueError,
+        r"serial: needs at least one layer",
+    ),
+    (
+        "dfa no state",
+        "direct_feedback",
+        lambda t: manual_bp.value_and_grad(DFA, "softmax_cross_entropy", train=True)(
+            DFA_PARAMS, z(8, 6), ints(8)
+        ),
+        ValueError,
+        r"direct_feedback: training mode needs the feedback matrices",
+    ),
+    (
+        "as_backprop str",
+        "as_backprop",
+        lambda t: credit.as_backprop("x"),
+        TypeError,
+        r"as_backprop: expected a manual_bp.nn.Layer, got 'x'",
+    ),
+    (
+        "as_backprop combinator",
+        "as_backprop",
+        lambda t: credit.as_backprop(nn.serial(nn.Dense(3))._replace(kind="fanout")),
+        ValueError,
+        r"as_backprop: cannot rebuild a 'fanout' combinator",
+    ),
+    (
+        "alignment loss",
+        "alignment",
+        lambda t: credit.alignment(FA, "nope"),
+        ValueError,
+        r"unknown rule 'nope'",
+    ),
+    (
+        "alignment x",
+        "alignment",
+        lambda t: credit.alignment(FA, "softmax_cross_entropy")(
+            FA_PARAMS, FA_STATE, z(8, 5), ints(8)
+        ),
+        ValueError,
+        r"params\['dense_0'\]\['w'\]: expected shape \(5, 4\) for an input of shape",
+    ),
+    (
+        "alignment state",
+        "alignment",
+        lambda t: credit.alignment(FA, "softmax_cross_entropy")(FA_PARAMS, {}, z(8, 6), ints(8)),
+        ValueError,
+        r"state: keys do not match the network: missing \['dense_0'",
+    ),
+    # --- manual_bp.per_example ---
+    (
+        "per-example str",
+        "per_example_grads",
+        lambda t: per_example.per_example_grads("x", "softmax_cross_entropy"),
+        TypeError,
+        r"per_example_grads: expected a manual_bp.nn.Layer, got 'x'",
+    ),
+    (
+        "per-example batch norm",
+        "per_example_grads",
+        lambda t: per_example.per_example_grads(nn.serial(nn.Dense(4), nn.BatchNorm()), "mse"),
+        ValueError,
+        r"per_example_grads: the network keeps batch statistics",
+    ),
+    (
+        "per-example y",
+        "per_example_grads",
+        lambda t: per_example.per_example_grads(NET, "softmax_cross_entropy")(
+            PARAMS, z(8, 6), ints(7)
+        ),
+        ValueError,
+        r"per_example_grads: y must have one entry per example \(8\), got shape \(7,\)",
+    ),
+    (
+        "per-example empty",
+        "per_example_grads",
+        lambda t: per_example.per_example_grads(NET, "softmax_cross_entropy")(
+            PARAMS, z(0, 6), ints(0)
+        ),
+        ValueError,
+        r"per_example_grads: the batch is empty",
+    ),
+    (
+        "statistics str",
+        "gradient_statistics",
+        lambda t: per_example.gradient_statistics(3, "softmax_cross_entropy"),
+        TypeError,
+        r"per_example_grads: expected a manual_bp.nn.Layer, got 3",
+    ),
+    (
+        "clip 0",
+        "clip_per_example",
+        lambda t: per_example.clip_per_example({"w": z(4, 3)}, 0.0),
+        ValueError,
+        r"clip_per_example: max_norm must be a positive number, got 0.0",
+    ),
+    (
+        "clip scalar leaf",
+        "clip_per_example",
+        lambda t: per_example.clip_per_example({"w": z(4, 3), "b": z()}, 1.0),
+        ValueError,
+        r"clip_per_example: every leaf of grads needs the same leading \(per-example\) axis",
+    ),
+    (
+        "clip empty",
+        "clip_per_example",
+        lambda t: per_example.clip_per_example({}, 1.0),
+        ValueError,
+        r"clip_per_example: grads holds no arrays",
+    ),
 ]
 
 
@@ -736,6 +923,12 @@ CLI_BAD = [
     (["train", "--resume", "--out", "{tmp}"], r"argument --resume: no checkpoint at .*"),
     (["verify", "--rule", "nope"], r"unknown rule\(s\) nope; registered: "),
     (["verify", "--dtype", "float8"], r"argument --dtype: invalid choice: 'float8'"),
+    (["train", "--feedback", "xx"], r"argument --feedback: invalid choice: 'xx'"),
+    (["train", "--dropout", "1.5"], r"argument --dropout: expected a rate in \[0, 1\), got '1.5'"),
+    (["train", "--devices", "0"], r"argument --devices: expected a positive integer, got '0'"),
+    (["train", "--mesh-shape", "4y2"], r"argument --mesh-shape: expected DATA or DATAxMODEL"),
+    (["bench", "--models", "nope"], r"argument --models: invalid choice: 'nope'"),
+    (["bench", "--repeats", "0"], r"argument --repeats: expected a positive integer, got '0'"),
     (["fly"], r"argument COMMAND: invalid choice: 'fly'"),
 ]
 
@@ -765,15 +958,17 @@ NOT_CALLED_WITH_DATA = {
 
 
 def test_every_public_callable_has_a_row():
-    """Each public name of manual_bp, manual_bp.nn, data, train and checkpoint has a row in
-    this table or in tests/test_bad_input.py, or is listed above as holding no inputs."""
+    """Each public name of manual_bp, manual_bp.nn, data, train, checkpoint, credit and
+    per_example has a row in this table or in tests/test_bad_input.py, or is listed above as
+    holding no inputs. (manual_bp.parallel's errors are tested on 8 devices in
+    tests/test_parallel.py.)"""
     import test_bad_input
 
     covered = {b[1] for b in BAD}
     covered |= {"value_and_grad", "register"} if test_bad_input.BAD else set()
     public = {
         name
-        for module in (manual_bp, nn, data, train, checkpoint)
+        for module in (manual_bp, nn, data, train, checkpoint, credit, per_example)
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)
     }

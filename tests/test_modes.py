@@ -182,7 +182,7 @@ BAD = [
         "value_and_grad without has_state",
         lambda net, p, s, x, y: manual_bp.value_and_grad(net, "mse"),
         ValueError,
-        r"keeps state \(batch-norm statistics\).*has_state=True",
+        r"keeps state \(batch-norm statistics or feedback matrices\).*has_state=True",
     ),
     (
         "eval forward without state",

@@ -238,13 +238,15 @@ def test_cli_verify_rejects_an_unknown_rule():
     assert info.value.code == 2
 
 
-@pytest.mark.slow
-def test_audit_of_the_whole_registry_in_float64_passes():
-    """What `manual-bp verify` runs, for every registered rule (element-wise float64 finite
-    differences included)."""
+AUDITED = ("tanh", "dense", "softmax_cross_entropy", "max_pool2d", "batch_norm", "rnn")
+
+
+def test_audit_passes_in_float64_on_each_family_of_rules():
+    """What `manual-bp verify` runs (element-wise float64 finite differences included), on a
+    rule of each family; tests/test_rules.py checks every row of every registered rule."""
     from manual_bp.audit import audit
 
-    results = audit(dtypes=["float64"], networks=False)
+    results = audit(rules=AUDITED, dtypes=["float64"], networks=False)
     failed = [(r["name"], r["diagnoses"]) for r in results if not r["ok"]]
     assert not failed, failed
-    assert {r["rule"] for r in results} == set(RULES)
+    assert {r["rule"] for r in results} == set(AUDITED) <= set(RULES)

@@ -20,6 +20,16 @@ MODELS = ("wide_mlp", "deep_mlp", "tiny_mlp", "cnn", "transformer", "lstm")
 """The benchmarked models, in the order they run."""
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The suite's options, shared by ``python -m benchmarks`` and ``manual-bp bench``."""
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
@@ -40,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
+    parser.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats")
     parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip PyTorch")
     parser.add_argument(
         "--no-torch-compile",
@@ -49,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip torch.compile (on by default in the full run)",
     )
     parser.add_argument(
-        "--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+        "--torch-threads",
+        type=_positive_int,
+        default=None,
+        help="torch.set_num_threads (default: torch's)",
     )
     parser.add_argument("--no-numpy", dest="numpy", action="store_false", help="skip plain numpy")
 

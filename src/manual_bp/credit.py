@@ -329,7 +329,15 @@ def _direct_feedback(layers, name, init, *, twin):
 
 def as_backprop(net: Layer) -> Layer:
     """``net`` with true backprop in every layer: the same params, state, forward and tapes,
-    so its backward can run on a tape recorded by ``net`` (as :func:`alignment` does)."""
+    so its backward can run on a tape recorded by ``net`` (as :func:`alignment` does).
+
+    Raises:
+      TypeError: ``net`` is not a :class:`~manual_bp.nn.Layer`.
+      ValueError: ``net`` holds a combinator other than ``serial``, ``residual`` and
+        :func:`direct_feedback`, whose children it cannot rebuild.
+    """
+    if not isinstance(net, Layer):
+        raise TypeError(f"as_backprop: expected a manual_bp.nn.Layer, got {net!r}")
     if net.backward in _TWINS:
         if net.config.get("feedback") == "dfa":
             twin_children = tuple(as_backprop(c) for c in net.children)
@@ -343,7 +351,10 @@ def as_backprop(net: Layer) -> Layer:
         return serial(*children, name=net.name)
     if net.kind == "residual":
         return residual(children[0], name=net.name)
-    raise NotImplementedError(f"as_backprop: cannot rebuild a {net.kind!r} combinator")
+    raise ValueError(
+        f"as_backprop: cannot rebuild a {net.kind!r} combinator (layer {net.name!r}); expected "
+        "layers without children, serial, residual or direct_feedback"
+    )
 
 
 def _angle(a: Any, b: Any) -> Any:

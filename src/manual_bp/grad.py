@@ -37,7 +37,8 @@ def _as_parts(net: Layer, loss: Rule | str, stateful: bool, train: bool) -> tupl
         )
     if has_state(net) and not stateful:
         raise ValueError(
-            f"the network {net.name or net.kind!r} keeps state (batch-norm statistics): use "
+            f"the network {net.name or net.kind!r} keeps state (batch-norm statistics or "
+            "feedback matrices): use "
             "value_and_grad(net, loss, has_state=True)(params, state, x, y), with "
             "state = net.init_state(key, input_shape)"
         )

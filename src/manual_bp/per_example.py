@@ -108,6 +108,15 @@ def clip_per_example(grads: Any, max_norm: float) -> tuple[Any, Any]:
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not max_norm > 0:
         raise ValueError(f"clip_per_example: max_norm must be a positive number, got {max_norm!r}")
+    leaves = jax.tree.leaves(grads)
+    if not leaves:
+        raise ValueError("clip_per_example: grads holds no arrays")
+    sizes = {tuple(jnp.shape(g)[:1]) for g in leaves}
+    if len(sizes) != 1 or () in sizes:
+        raise ValueError(
+            "clip_per_example: every leaf of grads needs the same leading (per-example) axis, "
+            f"as per_example_grads returns; got leading sizes {sorted(sizes)}"
+        )
     norms = _flat_norms(grads)
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norms, jnp.finfo(norms.dtype).tiny))
 

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,20 @@ __all__ = [
 
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}
 """Default tolerance by dtype: |a − e| <= tol·|e| + tol·max(max|e|, max|g|) per element."""
+
+
+def _check_tolerance(where: str, tolerance: Any) -> None:
+    if tolerance is None:
+        return
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not math.isfinite(tolerance)
+        or tolerance < 0
+    ):
+        raise ValueError(
+            f"{where}: tolerance must be a finite number >= 0 (or None), got {tolerance!r}"
+        )
 
 MAX_FD_ELEMENTS = 2048
 """Primals up to this size get element-by-element finite differences; larger ones 16 random
@@ -367,6 +382,7 @@ def check_rule(
     if not _is_float(out):
         raise TypeError(f"check_rule({rule.name!r}): the output must be floating, got {out.dtype}")
     dtype = np.dtype(primals[diff[0]].dtype)
+    _check_tolerance(f"check_rule({rule.name!r})", tolerance)
     tol = tolerance if tolerance is not None else TOLERANCE.get(dtype.name, 1e-5)
 
     if cotangents is None:
@@ -731,6 +747,7 @@ def check_network(
 
     from .grad import value_grad_and_deltas
 
+    _check_tolerance("check_network", tolerance)
     loss = get_rule(loss)
     floats = [leaf for leaf in jax.tree.leaves(params) if _is_float(leaf)]
     dtype = np.dtype(x.dtype if _is_float(x) or not floats else floats[0].dtype)

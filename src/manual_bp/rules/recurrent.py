@@ -122,8 +122,8 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
     i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o);  c_t = f ⊙ c_{t−1} + i ⊙ g;
     h_t = o ⊙ tanh(c_t). Shapes: x (N, T, I), h0 and c0 (N, H), w_x (I, 4H), w_h (H, 4H),
     b (4H,). The output is hs (N, T, H) alone; the final cell state c_T is not an output (its
-    cotangent is zero). Residuals: x, h0, c0, the weights, hs, cs, tanh(cs) and the four gate
-    activations (N, T, 4H).
+    cotangent is zero). Residuals: x, h0, c0, the weights, cs and the four gate activations
+    (N, T, 4H); the backward recomputes tanh(c_t) and h_t = o ⊙ tanh(c_t) from them.
     """
     hidden = _check_cell("lstm", 4, x, {"h0": h0, "c0": c0}, w_x=w_x, w_h=w_h, b=b)
     u = _input_projection(x, w_x, b)
@@ -134,13 +134,12 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
         i, f, o = (lax.logistic(a[:, k * hidden : (k + 1) * hidden]) for k in (0, 1, 3))
         gg = jnp.tanh(a[:, 2 * hidden : 3 * hidden])
         c = f * c + i * gg
-        tc = jnp.tanh(c)
-        h = o * tc
-        return (h, c), (h, c, tc, jnp.concatenate([i, f, gg, o], axis=1))
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, gg, o], axis=1))
 
-    _, (hs, cs, tcs, acts) = lax.scan(step, (h0, c0), u)
-    hs, cs, tcs, acts = (_time_major(a) for a in (hs, cs, tcs, acts))
-    return hs, (x, h0, c0, w_x, w_h, hs, cs, tcs, acts)
+    _, (hs, cs, acts) = lax.scan(step, (h0, c0), u)
+    hs, cs, acts = (_time_major(a) for a in (hs, cs, acts))
+    return hs, (x, h0, c0, w_x, w_h, cs, acts)
 
 
 def _lstm_bwd(res, g):
@@ -148,8 +147,10 @@ def _lstm_bwd(res, g):
     dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);  δ = [dc⊙g⊙i(1−i), dc⊙c_{t−1}⊙f(1−f),
     dc⊙i⊙(1−g²), dh⊙tanh c_t⊙o(1−o)];  ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f.
     """
-    x, h0, c0, w_x, w_h, hs, cs, tcs, acts = res
+    x, h0, c0, w_x, w_h, cs, acts = res
     hidden = h0.shape[1]
+    tcs = jnp.tanh(cs)
+    hs = acts[..., 3 * hidden :] * tcs  # h_t = o ⊙ tanh(c_t), as in the forward
 
     def step(carry, inputs):
         dh_next, dc_next = carry
