@@ -60,6 +60,7 @@ def _check_tolerance(where: str, tolerance: Any) -> None:
             f"{where}: tolerance must be a finite number >= 0 (or None), got {tolerance!r}"
         )
 
+
 MAX_FD_ELEMENTS = 2048
 """Primals up to this size get element-by-element finite differences; larger ones 16 random
 directions (no kink detection)."""

@@ -54,6 +54,11 @@ def _time_major(a: Any) -> Any:
     return jnp.swapaxes(a, 0, 1)
 
 
+def _rows(a: Any) -> Any:
+    """(T, N, F) -> (T·N, F): every step's rows stacked, for one matrix product."""
+    return jnp.reshape(a, (-1, a.shape[-1]))
+
+
 def _previous(h0: Any, hs: Any) -> Any:
     """h_{t−1} for every t: (h0, h_1, ..., h_{T−1}) as (N, T, H)."""
     return jnp.concatenate([jnp.expand_dims(h0, 1), hs[:, :-1]], axis=1)
@@ -122,11 +127,14 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
     i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o);  c_t = f ⊙ c_{t−1} + i ⊙ g;
     h_t = o ⊙ tanh(c_t). Shapes: x (N, T, I), h0 and c0 (N, H), w_x (I, 4H), w_h (H, 4H),
     b (4H,). The output is hs (N, T, H) alone; the final cell state c_T is not an output (its
-    cotangent is zero). Residuals: x, h0, c0, the weights, cs and the four gate activations
-    (N, T, 4H); the backward recomputes tanh(c_t) and h_t = o ⊙ tanh(c_t) from them.
+    cotangent is zero). Residuals: x, h0, c0, the weights, and, time-major as the scan writes
+    them, cs (T, N, H) and the four gate activations (T, N, 4H); the backward recomputes
+    tanh(c_t) and h_t = o ⊙ tanh(c_t) from them. The input projection x w_x + b runs for all
+    steps as one (T·N, I) × (I, 4H) product before the scan.
     """
     hidden = _check_cell("lstm", 4, x, {"h0": h0, "c0": c0}, w_x=w_x, w_h=w_h, b=b)
-    u = _input_projection(x, w_x, b)
+    xt = _time_major(x)
+    u = jnp.reshape(_rows(xt) @ w_x + jnp.reshape(b, (1, -1)), (*xt.shape[:2], w_x.shape[1]))
 
     def step(carry, u_t):
         h, c = carry
@@ -138,19 +146,21 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
         return (h, c), (h, c, jnp.concatenate([i, f, gg, o], axis=1))
 
     _, (hs, cs, acts) = lax.scan(step, (h0, c0), u)
-    hs, cs, acts = (_time_major(a) for a in (hs, cs, acts))
-    return hs, (x, h0, c0, w_x, w_h, cs, acts)
+    return _time_major(hs), (x, h0, c0, w_x, w_h, cs, acts)
 
 
 def _lstm_bwd(res, g):
     """With dh = g_t + ∂C/∂h_t from t+1 and dc = ∂C/∂c_t from t+1:
-    dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);  δ = [dc⊙g⊙i(1−i), dc⊙c_{t−1}⊙f(1−f),
-    dc⊙i⊙(1−g²), dh⊙tanh c_t⊙o(1−o)];  ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f.
+    dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);  δ = [dc⊙g, dc⊙c_{t−1}, dc⊙i, dh⊙tanh c_t] ⊙
+    [i(1−i), f(1−f), 1−g², o(1−o)];  ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f. Then, over
+    all steps at once: ∂C/∂x = δ w_xᵀ, ∂C/∂w_x = Σ x_tᵀ δ_t, ∂C/∂w_h = Σ h_{t−1}ᵀ δ_t,
+    ∂C/∂b = Σ δ_t.
     """
     x, h0, c0, w_x, w_h, cs, acts = res
     hidden = h0.shape[1]
     tcs = jnp.tanh(cs)
-    hs = acts[..., 3 * hidden :] * tcs  # h_t = o ⊙ tanh(c_t), as in the forward
+    column = lax.broadcasted_iota(jnp.int32, (1, 4 * hidden), 1)
+    is_g = (column >= 2 * hidden) & (column < 3 * hidden)
 
     def step(carry, inputs):
         dh_next, dc_next = carry
@@ -158,23 +168,18 @@ def _lstm_bwd(res, g):
         i, f, gg, o = (act[:, k * hidden : (k + 1) * hidden] for k in range(4))
         dh = g_t + dh_next
         dc = dc_next + dh * o * (1 - tc * tc)
-        delta = jnp.concatenate(
-            [
-                dc * gg * i * (1 - i),
-                dc * c_prev * f * (1 - f),
-                dc * i * (1 - gg * gg),
-                dh * tc * o * (1 - o),
-            ],
-            axis=1,
-        )
+        slope = jnp.where(is_g, 1 - act * act, act * (1 - act))  # σ' or tanh' per gate
+        delta = jnp.concatenate([dc * gg, dc * c_prev, dc * i, dh * tc], axis=1) * slope
         return (delta @ w_h.T, dc * f), delta
 
-    inputs = tuple(_time_major(a) for a in (g, _previous(c0, cs), tcs, acts))
+    c_prev = jnp.concatenate([jnp.expand_dims(c0, 0), cs[:-1]], axis=0)
     zeros = (jnp.zeros_like(h0), jnp.zeros_like(c0))
-    (dh0, dc0), deltas = lax.scan(step, zeros, inputs, reverse=True)
-    deltas = _time_major(deltas)
-    dx, dw_x, dw_h = _shared_weight_grads(x, _previous(h0, hs), w_x, deltas, deltas)
-    return dx, dh0, dc0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
+    (dh0, dc0), deltas = lax.scan(step, zeros, (_time_major(g), c_prev, tcs, acts), reverse=True)
+    hs = acts[..., 3 * hidden :] * tcs  # h_t = o ⊙ tanh(c_t), as in the forward
+    h_prev = jnp.concatenate([jnp.expand_dims(h0, 0), hs[:-1]], axis=0)
+    d, xt = _rows(deltas), _time_major(x)
+    dx = _time_major(jnp.reshape(d @ w_x.T, xt.shape))
+    return dx, dh0, dc0, _rows(xt).T @ d, _rows(h_prev).T @ d, jnp.sum(d, axis=0)
 
 
 lstm = register("lstm", _lstm_fwd, _lstm_bwd)
