@@ -97,3 +97,27 @@ def test_default_output_folder_stays_in_runs(spec):
     assert out.parent == Path("runs"), out
     assert out.name not in ("", ".", "..") and ".." not in out.name and "/" not in out.name
     assert (Path("base") / out).resolve().is_relative_to(Path("base").resolve() / "runs")
+
+
+def test_outputs_replace_symbolic_links_instead_of_writing_through_them(tmp_path):
+    """A link planted in the output folder (to a file outside it) is replaced by the new
+    output; the file it pointed to is untouched, and no temporary file is left behind."""
+    from manual_bp.report import write_metrics, write_plots
+
+    out, outside = tmp_path / "run", tmp_path / "precious.txt"
+    out.mkdir()
+    outside.write_text("keep me")
+    names = ("metrics.jsonl", "loss.png", "accuracy.png")
+    for name in names:
+        (out / name).symlink_to(outside)
+    records = [
+        {"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.5 / e, "test_accuracy": 0.5}
+        for e in (1, 2)
+    ]
+    write_metrics(out / "metrics.jsonl", records)
+    write_plots(out, records)
+    assert outside.read_text() == "keep me"
+    for name in names:
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)

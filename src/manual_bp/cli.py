@@ -378,7 +378,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .grad import value_and_grad, value_grad_and_deltas
     from .guard import EXIT_NON_FINITE, NonFiniteError, name_primitive
     from .parallel import cli_mesh
-    from .report import layer_norms, read_metrics, write_metrics, write_plots
+    from .report import PLOTS, layer_norms, read_metrics, write_metrics, write_plots
     from .train import build_model, fit, verify_gradients
 
     start = time.perf_counter()
@@ -469,8 +469,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         net_state = ck.state
         records = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f".{ckpt_path.name}.*.tmp"):  # left by a run killed mid-write
-        stale.unlink(missing_ok=True)
+    for written in (ckpt_path.name, metrics_path.name, *PLOTS):  # left by a run killed mid-write
+        for stale in out.glob(f".{written}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if args.model == "mlp":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["layer_norms", "read_metrics", "write_metrics", "write_plots"]
+from ._checks import require_array
+
+__all__ = ["PLOTS", "layer_norms", "read_metrics", "write_metrics", "write_plots"]
+
+PLOTS = ("loss.png", "accuracy.png", "layer_norms.png", "alignment.png")
+"""The files :func:`write_plots` may write (the last two only with norms or angles)."""
 
 
 def layer_norms(grads: Any, deltas: dict[str, Any]) -> dict[str, dict[str, float]]:
     """L2 norms of every layer's delta (mean over the batch of the per-example norm) and of
     every layer's parameter gradient (all its leaves together)."""
+    for arg, tree in (("grads", grads), ("deltas", deltas)):
+        if not isinstance(tree, dict):
+            raise TypeError(f"layer_norms: {arg} must be a dict, got {type(tree).__name__}")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+        require_array("layer_norms", f"grads{jax.tree_util.keystr(path)}", leaf)
+    for name, d in deltas.items():
+        require_array("layer_norms", f"deltas[{name!r}]", d)
     delta_norms = {}
     for name, d in deltas.items():
         d = jnp.reshape(d, (d.shape[0], -1)) if d.ndim > 1 else jnp.reshape(d, (1, -1))
@@ -45,48 +58,118 @@ def layer_norms(grads: Any, deltas: dict[str, Any]) -> dict[str, dict[str, float
     return {"delta": delta_norms, "grad": grad_norms}
 
 
+def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
+    """``write(f)`` into a new temporary file beside ``path`` (created exclusively, so a link
+    planted there is never followed), fsync, then rename over ``path``: a symbolic link at
+    ``path`` is replaced, not written through, and a crash leaves the old file whole."""
+    umask = os.umask(0)
+    os.umask(umask)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide them from others
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_path(where: str, path: Any, *, folder: bool = False) -> Path:
+    """``path`` as a Path: a file path in an existing folder, or (``folder``) an existing folder."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{where}: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if folder and not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ValueError(f"{where}: expected an existing folder, got {path}, which {what}")
+    if not folder and path.is_dir() and not path.is_symlink():  # a link is replaced
+        raise ValueError(f"{where}: expected a file path, got {path}, which is a directory")
+    if not folder and not path.parent.is_dir():
+        raise ValueError(f"{where}: folder {path.parent} of {path.name} does not exist")
+    return path
+
+
+def _check_records(where: str, records: Any) -> None:
+    if not isinstance(records, list):
+        raise TypeError(f"{where}: records must be a list of dicts, got {type(records).__name__}")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise TypeError(f"{where}: records[{i}] must be a dict, got {type(r).__name__}")
+
+
 def write_metrics(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
     """Write all records, one JSON object per line, atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path = _check_path("write_metrics", path)
+    _check_records("write_metrics", records)
+    lines = []
+    for i, r in enumerate(records):
+        try:
+            lines.append(json.dumps(r) + "\n")
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"write_metrics: records[{i}] is not JSON-serializable: {e}") from None
+
+    def write(f):
+        f.writelines(lines)
+
+    _atomic_write(path, write)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (an empty list when it does not exist)."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"read_metrics: path must be a str or os.PathLike, got {type(path).__name__}"
+        )
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise ValueError(f"read_metrics: expected a metrics.jsonl file, got {path}, a directory")
     records = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {i} is not JSON: {e}") from None
+                    raise ValueError(f"read_metrics: {path}: line {i} is not JSON: {e}") from None
+                if not isinstance(record, dict):
+                    raise ValueError(
+                        f"read_metrics: {path}: line {i} must be a JSON object, got "
+                        f"{type(record).__name__}"
+                    )
+                records.append(record)
     return records
 
 
 def write_plots(folder: str | os.PathLike[str], records: list[dict[str, Any]]) -> list[Path]:
     """Draw the loss, accuracy and per-layer norm plots; return the files written."""
+    folder = _check_path("write_plots", folder, folder=True)
+    _check_records("write_plots", records)
+    if not records:
+        raise ValueError("write_plots: records is empty, expected at least one epoch's record")
+    need = ("epoch", "train_loss", "test_loss", "test_accuracy")
+    for i, r in enumerate(records):
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise ValueError(
+                f"write_plots: records[{i}] lacks {missing} (each record needs {list(need)}), "
+                f"got keys {list(r)}"
+            )
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(folder)
     epochs = [r["epoch"] for r in records]
     written = []
 
     def save(fig, name):
         fig.tight_layout()
-        fig.savefig(folder / name, dpi=100)
+        _atomic_write(folder / name, lambda f: fig.savefig(f, format="png", dpi=100), "wb")
         plt.close(fig)
         written.append(folder / name)
 
