@@ -2,7 +2,8 @@
 
 Every message starts with ``fit:`` and names the argument, what it expected and what it got.
 Labels are checked against ``[0, num_classes)`` here because under ``jit`` an out-of-range id
-would silently select nothing (a wrong loss, no error).
+would silently select nothing (a wrong loss, no error); token ids fed to an embedding against
+``[0, vocab)``, because under ``jit`` one outside gives a row of NaN.
 """
 
 from __future__ import annotations
@@ -80,6 +81,34 @@ def check_dataset(data: Dataset) -> None:
         )
 
 
+def _first_layer(net: nn.Layer) -> nn.Layer:
+    """The layer that reads the network's input: the first leaf in forward order."""
+    while net.children:
+        net = net.children[0]
+    return net
+
+
+def _check_token_ids(net: nn.Layer, data: Dataset) -> None:
+    """Integer inputs of a network that starts with an embedding must be ids in [0, vocab):
+    under jit an id outside gives a row of NaN, found only once the loss is NaN."""
+    first = _first_layer(net)
+    if first.kind != "embedding":
+        return
+    vocab = int(first.config["vocab"])
+    for split in ("train", "test"):
+        x = np.asarray(getattr(data, f"x_{split}"))
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(
+                f"fit: data.x_{split} feeds the embedding {first.name!r}, so it must hold "
+                f"integer token ids, got dtype {x.dtype}"
+            )
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= vocab):
+            raise ValueError(
+                f"fit: data.x_{split} must hold token ids in [0, {vocab}) for the embedding "
+                f"{first.name!r} (vocab={vocab}), got ids from {int(x.min())} to {int(x.max())}"
+            )
+
+
 def _check_key(key: Any) -> None:
     typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     raw = isinstance(key, jax.Array | np.ndarray) and key.dtype == np.uint32 and key.shape == (2,)
@@ -138,6 +167,7 @@ def check_fit_inputs(
     for name, fn in callbacks.items():
         if fn is not None and not callable(fn):
             raise TypeError(f"fit: {name} must be callable or None, got {type(fn).__name__}")
+    _check_token_ids(net, data)
     input_shape = (batch_size, *np.shape(data.x_train)[1:])
     nn.check_params(net, params, input_shape)
     if state is not None:

@@ -195,8 +195,10 @@ def Flatten(*, name: str | None = None) -> Layer:
 
     def output_shape(input_shape):
         input_shape = tuple(input_shape)
-        if len(input_shape) < 1:
-            raise ValueError(f"Flatten: input_shape must have rank >= 1, got {input_shape}")
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"Flatten: input_shape must be (N, ...) with rank >= 2, got {input_shape}"
+            )
         return (input_shape[0], math.prod(input_shape[1:]))
 
     return _parameter_free("flatten", _conv.flatten, name, output_shape)

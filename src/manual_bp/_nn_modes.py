@@ -12,7 +12,7 @@ import math
 
 import jax.numpy as jnp
 
-from .nn import Layer
+from .nn import Layer, check_context
 from .rules import normalization as _norm
 from .rules import stochastic as _dropout
 
@@ -61,6 +61,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
         return {"mean": jnp.zeros((d,), dtype), "var": jnp.ones((d,), dtype)}
 
     def forward(params, x, ctx=None):
+        check_context(name or "BatchNorm", ctx)
         state = None if ctx is None else ctx.state
         if not isinstance(state, dict) or set(state) != {"mean", "var"}:
             mode = "training" if ctx is not None and ctx.train else "evaluation"
@@ -134,6 +135,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
 
     def forward(params, x, ctx=None):
         del params
+        check_context(name or "Dropout", ctx)
         if ctx is None or not ctx.train or rate == 0.0:
             return x, {}
         if ctx.key is None:

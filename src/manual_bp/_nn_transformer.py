@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .nn import Dense, Gelu, Layer, child_context, serial
+from .nn import Dense, Gelu, Layer, check_context, check_layer_name, child_context, serial
 from .rules import attention as _attention
 from .rules import embedding as _embedding
 from .rules import normalization as _norm
@@ -189,6 +189,8 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
     """
     if not isinstance(block, Layer):
         raise TypeError(f"residual: block must be a manual_bp.nn.Layer, got {block!r}")
+    check_layer_name("residual", name)
+    check_layer_name("residual: block", block.name)
     block = block if block.name else block._replace(name=f"{block.kind}_0")
     b = block.name
 
@@ -205,6 +207,7 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
         return {b: block.init_state(key, input_shape, dtype)}
 
     def forward(params, x, ctx=None):
+        check_context(name or "residual", ctx)
         h, tape = block.forward(params[b], x, child_context(ctx, 0, b))
         if ctx is not None:
             ctx.tap(b, h)

@@ -75,9 +75,27 @@ def audit(
     """Check rules (every table row and input domain, the first ``shapes`` shapes of each row;
     ``None`` for all) and networks; one result per (row, dtype) and per (network, dtype).
     Runs with float64 enabled. The test suite covers every shape."""
+    if isinstance(rules, str):
+        raise TypeError(f"verify: rules must be a sequence of rule names, got {rules!r}")
     unknown = sorted(set(rules or ()) - set(RULES))
     if unknown:
         raise ValueError(f"verify: unknown rule(s) {unknown}; registered: {sorted(RULES)}")
+    known = sorted({np.dtype(d).name for row in ROWS for d in row.dtypes})
+    if isinstance(dtypes, str):
+        raise TypeError(
+            f"verify: dtypes must be a sequence of names such as {known}, got {dtypes!r}"
+        )
+    bad = sorted(str(d) for d in (dtypes or ()) if d not in known)
+    if bad:
+        raise ValueError(f"verify: unknown dtype(s) {bad}; the audit table has {known}")
+    if shapes is not None and (
+        isinstance(shapes, bool) or not isinstance(shapes, int) or shapes < 1
+    ):
+        raise ValueError(f"verify: shapes must be a positive int or None (all), got {shapes!r}")
+    if not isinstance(networks, bool):
+        raise TypeError(f"verify: networks must be a bool, got {networks!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"verify: progress must be callable or None, got {type(progress).__name__}")
     results = []
     with jax.enable_x64(True):
         for row in ROWS:
@@ -173,16 +191,22 @@ def audit(
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"write_json: path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"--json: {path} is a directory")
+        raise ValueError(f"write_json: {path} is a directory, expected a file path")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise ValueError(f"--json: folder {folder} does not exist")
+        raise ValueError(f"write_json: folder {folder} does not exist")
+    try:
+        text = json.dumps(payload, indent=2, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"write_json: payload is not JSON-serializable: {e}") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, allow_nan=True)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -35,7 +35,17 @@ import jax
 import jax.numpy as jnp
 
 from ._registry import Rule, get_rule
-from .nn import Context, Layer, Shape, check_input, check_params, check_state, residual, serial
+from .nn import (
+    Context,
+    Layer,
+    Shape,
+    check_context,
+    check_input,
+    check_params,
+    check_state,
+    residual,
+    serial,
+)
 from .nn import serial_backward as _serial_backward
 
 __all__ = [
@@ -169,6 +179,7 @@ def _feedback(layer, variant, weights, init, *, twin):
         return state
 
     def forward(params, x, ctx=None):
+        check_context(layer.name or op, ctx)
         state = None if ctx is None else ctx.state
         inner_ctx = None
         if ctx is not None:

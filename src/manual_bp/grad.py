@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from ._registry import Rule, get_rule
 from .nn import Context, Layer, check_input, check_params, check_state, has_state
+from .rules.stochastic import require_key
 
 __all__ = ["value_and_grad", "value_grad_and_deltas"]
 
@@ -19,6 +20,8 @@ def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True, taps
     check_params(net, params, x.shape)
     if state is not None:
         check_state(net, state, x.shape)
+    if key is not None:
+        require_key("value_and_grad", key)
     ctx = Context(train, key, state, taps)
     out, tape = net.forward(params, x, ctx)  # forward pass: keep every activation a (= ∂z/∂w)
     c, loss_res = loss.fwd(out, y)

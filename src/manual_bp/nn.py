@@ -41,6 +41,7 @@ from ._checks import require_array, require_ndim
 from ._registry import Rule
 from .rules import activations as _act
 from .rules import linear as _linear
+from .rules import stochastic as _stochastic
 from .rules.softmax import log_softmax as _log_softmax_rule
 from .rules.softmax import softmax as _softmax_rule
 
@@ -109,9 +110,52 @@ def _no_new_state(tape) -> State:
     return {}
 
 
+def check_context(op: str, ctx: Any) -> Context | None:
+    """``ctx`` if it is ``None`` or a well-formed :class:`Context`; otherwise a TypeError naming
+    ``op`` (the layer), the field, what it must be and what it is. Runs at trace time only."""
+    if ctx is None:
+        return None
+    if not isinstance(ctx, Context):
+        raise TypeError(
+            f"{op}: the forward pass's context must be a manual_bp.nn.Context or None, "
+            f"got {type(ctx).__name__}"
+        )
+    if not isinstance(ctx.train, bool):
+        raise TypeError(
+            f"{op}: Context.train must be a Python bool (it picks the compiled program), "
+            f"got {type(ctx.train).__name__} {ctx.train!r}"
+        )
+    if ctx.key is not None:
+        _stochastic.require_key(f"{op}: Context", ctx.key)
+    if ctx.state is not None and not isinstance(ctx.state, Mapping):
+        raise TypeError(
+            f"{op}: Context.state must be a dict (net.init_state(...)) or None, "
+            f"got {type(ctx.state).__name__}"
+        )
+    if ctx.taps is not None and not isinstance(ctx.taps, dict):
+        raise TypeError(f"{op}: Context.taps must be a dict or None, got {type(ctx.taps).__name__}")
+    if not isinstance(ctx.path, str):
+        raise TypeError(f"{op}: Context.path must be a str, got {type(ctx.path).__name__}")
+    return ctx
+
+
 def child_context(ctx: Context | None, index: int, name: str) -> Context | None:
     """``ctx.child(index, name)``, or ``None`` (evaluation mode) when ``ctx`` is ``None``."""
     return None if ctx is None else ctx.child(index, name)
+
+
+def check_layer_name(op: str, name: Any) -> None:
+    """A layer name is a non-empty str without ``/`` (which joins nested names, as in
+    ``deltas["block/dense_0"]``) or ``None`` (named by its combinator)."""
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise TypeError(f"{op}: a layer name must be a str or None, got {type(name).__name__}")
+    if "/" in name:
+        raise ValueError(
+            f"{op}: layer name {name!r} contains '/', which separates nested layer names "
+            "(deltas['outer/inner']); choose another name"
+        )
 
 
 class Layer(NamedTuple):
@@ -295,10 +339,12 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     """
     if not layers:
         raise ValueError("serial: needs at least one layer")
+    check_layer_name("serial", name)
     named = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise TypeError(f"serial: argument {i} must be a manual_bp.nn.Layer, got {layer!r}")
+        check_layer_name(f"serial: argument {i}", layer.name)
         named.append(layer if layer.name else layer._replace(name=f"{layer.kind}_{i}"))
     names = [layer.name for layer in named]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -321,6 +367,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return state
 
     def forward(params, x, ctx=None):
+        check_context(name or "serial", ctx)
         tape = []
         for i, layer in enumerate(named):
             c = child_context(ctx, i, layer.name)

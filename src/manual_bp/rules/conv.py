@@ -383,7 +383,7 @@ def _flatten_fwd(x):
     The residual is x's shape alone.
     """
     require_float("flatten", "x", x)
-    require_ndim("flatten", "x", x, at_least=1)
+    require_ndim("flatten", "x", x, at_least=2)  # (N,) has no per-example axes to flatten
     return jnp.reshape(x, (x.shape[0], math.prod(x.shape[1:]))), (_shape_token(x),)
 
 
