@@ -203,6 +203,44 @@ def tensor_parallel(r) -> None:
         jax.block_until_ready((p1, p8))
     r["tp_steps_rel"] = max_rel(p8, p1)
     r["tp_steps_moved"] = max_rel(params, p1)
+    tensor_parallel_feedback(r, mesh)
+
+
+def tensor_parallel_feedback(r, mesh) -> None:
+    """Feedback alignment (B in the state) and Kolen–Pollack (B in the params) on the
+    (4, 2) mesh: each B is split like the W it stands for, and fit equals one device."""
+    from manual_bp.credit import feedback
+    from manual_bp.data import Dataset
+    from manual_bp.train import fit
+
+    net = nn.serial(
+        feedback(nn.Dense(16), "fa"), nn.Tanh(), feedback(nn.Dense(16), "kp"), nn.Tanh(),
+        nn.Dense(4),
+    )  # fmt: skip
+    params = net.init(jax.random.key(12), (BATCH, 8), jnp.float64)
+    state = net.init_state(jax.random.key(13), (BATCH, 8), jnp.float64)
+    sh = parallel.tensor_parallel_shardings(params, mesh)
+    r["tp_fb_specs"] = {
+        "state": jax.tree.map(
+            lambda s: str(s.spec), parallel.state_shardings(state, params, sh, mesh)
+        ),
+        "kp": jax.tree.map(lambda s: str(s.spec), sh["dense_2"]),
+    }
+    rng = np.random.default_rng(3)
+    data = Dataset(
+        rng.normal(size=(32, 8)), rng.integers(0, 4, 32), rng.normal(size=(8, 8)),
+        rng.integers(0, 4, 8), 4, "random",
+    )  # fmt: skip
+    kw = {"optimizer": optax.adam(1e-2), "epochs": 2, "batch_size": BATCH, "state": state}
+    one = fit(net, LOSS, params, data, key=jax.random.key(6), **kw)
+    many = fit(net, LOSS, params, data, key=jax.random.key(6), mesh=mesh, **kw)
+    r["tp_fb"] = {
+        "param_rel": max_rel(many.params, one.params),
+        "moved": max_rel(params, one.params),
+        "b_fixed": max_rel(many.state, state),
+        "state_spec": str(many.state["dense_0"]["feedback"]["w"].sharding.spec),
+        "kp_spec": str(many.params["dense_2"]["feedback"]["w"].sharding.spec),
+    }
 
 
 def doc_example() -> dict:
@@ -359,6 +397,9 @@ def fit_check(r, mesh) -> None:
     )
     params = net.init(jax.random.key(5), (BATCH, 8), jnp.float64)
     kw = {"optimizer": optax.adam(1e-2), "epochs": 2, "batch_size": BATCH}
+    if DUMP is not None:  # only this check's epochs, not those compiled before it
+        for path in Path(DUMP).glob("*run_epoch*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     one = fit(net, LOSS, params, data, key=jax.random.key(6), **kw)
     many = fit(net, LOSS, params, data, key=jax.random.key(6), mesh=mesh, **kw)
     r["fit"] = {
@@ -387,6 +428,21 @@ def fit_check(r, mesh) -> None:
         r["fit"]["indivisible"] = None
     except ValueError as e:
         r["fit"]["indivisible"] = str(e)
+
+    # feedback alignment: the fixed matrices B are network state, replicated like the params
+    from manual_bp.credit import feedback
+
+    fa = nn.serial(feedback(nn.Dense(16), "fa"), nn.Tanh(), feedback(nn.Dense(4), "fa"))
+    params = fa.init(jax.random.key(5), (BATCH, 8), jnp.float64)
+    state = fa.init_state(jax.random.key(7), (BATCH, 8), jnp.float64)
+    one = fit(fa, LOSS, params, data, key=jax.random.key(6), state=state, **kw)
+    many = fit(fa, LOSS, params, data, key=jax.random.key(6), state=state, mesh=mesh, **kw)
+    r["fit_feedback"] = {
+        "param_rel": max_rel(many.params, one.params),
+        "moved": max_rel(params, one.params),
+        "b_fixed": max_rel(many.state, state),
+        "replicated": all_replicated((many.params, many.opt_state, many.state)),
+    }
 
 
 def cli_check(r) -> None:

@@ -221,6 +221,33 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path):
         assert (b / name).stat().st_size > 1000
 
 
+@pytest.mark.parametrize("variant", ["fa", "kp"])
+def test_cli_feedback_matrices_are_checkpointed_and_resume_exactly(tmp_path, variant):
+    """Feedback alignment's fixed B lives in the network state, Kolen–Pollack's learned B in
+    the params: both go into the checkpoint, and a resumed run equals an uninterrupted one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    fb = ("--feedback", variant)
+    assert _cli(*fb, "--epochs", "2", "--out", str(a)) == 0
+    assert _cli(*fb, "--epochs", "1", "--out", str(b)) == 0
+    with np.load(b / "checkpoint.npz", allow_pickle=False) as z:
+        after_one = {k: z[k] for k in z.files if "feedback" in k}
+    assert _cli(*fb, "--epochs", "2", "--out", str(b), "--resume") == 0
+    prefixes = ("params/", "opt_state/", "state/")
+    with (
+        np.load(a / "checkpoint.npz", allow_pickle=False) as za,
+        np.load(b / "checkpoint.npz", allow_pickle=False) as zb,
+    ):
+        kept = [k for k in za.files if k.startswith(prefixes)]
+        assert kept and sorted(kept) == sorted(k for k in zb.files if k.startswith(prefixes))
+        for k in kept:
+            np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+        where = "state/" if variant == "fa" else "params/"
+        feedback = sorted(k for k in za.files if k.startswith(where) and "feedback" in k)
+        assert len(feedback) == 2, za.files  # one B per dense layer
+        for k in feedback:  # fa: fixed; kp: learned, so it moved
+            assert np.array_equal(after_one[k], za[k]) == (variant == "fa"), k
+
+
 def test_cli_resume_refuses_changed_settings_and_bad_files(tmp_path, capsys):
     out = tmp_path / "run"
     assert _cli("--epochs", "1", "--out", str(out)) == 0

@@ -103,6 +103,28 @@ def test_tensor_parallel_dense_weights(mesh8):
     assert r["tp_steps_rel"] < 1e-11
 
 
+def test_tensor_parallel_feedback_matrices_split_like_their_weights(mesh8):
+    """FA's fixed B (network state) and KP's learned B (params) follow W's split over
+    "model"; two epochs of fit on the (4, 2) mesh equal one device."""
+    specs = mesh8["tp_fb_specs"]
+    assert specs["state"] == {
+        "dense_0": {"feedback": {"w": "P(None, 'model')"}},
+        "tanh_1": {},
+        "dense_2": {},
+        "tanh_3": {},
+        "dense_4": {},
+    }
+    assert specs["kp"] == {
+        "w": "P('model', None)",
+        "b": "P()",
+        "feedback": {"w": "P('model', None)"},
+    }
+    f = mesh8["tp_fb"]
+    assert f["moved"] > 1e-3 and f["param_rel"] < 1e-11 and f["b_fixed"] == 0.0
+    assert f["state_spec"] == "P(None, 'model')"
+    assert f["kp_spec"] in ("P('model', None)", "P('model',)")  # XLA drops trailing Nones
+
+
 def test_explicit_axes_reject_the_handwritten_contraction(mesh8):
     """jax.make_mesh's default Explicit axes: aᵀ @ δ over a sharded batch is a sharding error,
     which is why data_parallel_mesh builds Auto axes."""
@@ -187,6 +209,16 @@ def test_fit_with_mesh_matches_one_device(mesh8):
     assert sharded, f["compiled_epochs"]
     assert all(e["all_reduce"] >= 1 and e["local_dot"] for e in sharded)
     assert f["indivisible"].startswith("fit: the batch size must be divisible by the 8 devices")
+
+
+def test_feedback_alignment_fit_with_mesh_matches_one_device(mesh8):
+    """FA's fixed matrices travel in the network state: replicated on the mesh, unchanged by
+    training, and the sharded run equals the one-device run."""
+    f = mesh8["fit_feedback"]
+    assert f["moved"] > 1e-3
+    assert f["param_rel"] < 1e-12
+    assert f["b_fixed"] == 0.0
+    assert f["replicated"]
 
 
 def test_cli_devices_8(mesh8):

@@ -70,6 +70,7 @@ __all__ = [
     "shard_batch",
     "shard_local_batch",
     "shard_map_value_and_grad",
+    "state_shardings",
     "tensor_parallel_shardings",
 ]
 
@@ -184,6 +185,37 @@ def data_axis_size(mesh: Mesh) -> int:
     return int(_check_mesh("data_axis_size", mesh).shape[DATA_AXIS])
 
 
+def _prefixed(where: str, make: Callable[[], Any]) -> Any:
+    """``make()`` (``value_and_grad(net, loss, ...)``), its errors prefixed with ``where``."""
+    try:
+        return make()
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e}") from None
+
+
+def _check_axis(where: str, axis: Any) -> None:
+    if not _is_int(axis) or axis < 0:
+        raise (ValueError if _is_int(axis) else TypeError)(
+            f"{where}: axis must be an int >= 0 (the batch axis), got {axis!r}"
+        )
+
+
+def _check_batch_size(where: str, batch_size: Any) -> None:
+    if not _is_int(batch_size) or batch_size < 1:
+        raise (ValueError if _is_int(batch_size) else TypeError)(
+            f"{where}: batch_size must be a positive int, got {batch_size!r}"
+        )
+
+
+def _check_leaves(where: str, tree: Any, what: str = "tree") -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
+            raise TypeError(
+                f"{where}: every leaf of {what} must be an array or a number, got "
+                f"{type(leaf).__name__} at {what}{jax.tree_util.keystr(path)}"
+            )
+
+
 def _check_batch(where: str, mesh: Mesh, batch: int) -> None:
     n = int(mesh.shape[DATA_AXIS])
     if batch % n:
@@ -204,12 +236,14 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
     """``NamedSharding(mesh, P(None, ..., "data"))``: split along ``axis`` over ``"data"``."""
+    _check_axis("batch_sharding", axis)
     return NamedSharding(_check_mesh("batch_sharding", mesh), _spec(axis))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf of ``tree`` (params, optimizer or network state) copied to every device."""
     _check_mesh("replicate", mesh)
+    _check_leaves("replicate", tree)
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
@@ -224,6 +258,8 @@ def shard_batch(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
       ValueError: a leaf whose batch size is not divisible by N.
     """
     _check_mesh("shard_batch", mesh)
+    _check_axis("shard_batch", axis)
+    _check_leaves("shard_batch", tree)
     for leaf in jax.tree.leaves(tree):
         if np.ndim(leaf) <= axis:
             raise ValueError(
@@ -247,8 +283,14 @@ def constrain_batch(
     if mesh is None:
         return tree
     _check_mesh(where, mesh)
+    _check_axis(where, axis)
+    _check_leaves(where, tree)
     for leaf in jax.tree.leaves(tree):
-        _check_batch(where, mesh, leaf.shape[axis])
+        if np.ndim(leaf) <= axis:
+            raise ValueError(
+                f"{where}: every leaf needs a batch axis {axis}, got shape {np.shape(leaf)}"
+            )
+        _check_batch(where, mesh, np.shape(leaf)[axis])
     return lax.with_sharding_constraint(tree, NamedSharding(mesh, _spec(axis)))
 
 
@@ -264,6 +306,7 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
         no shard or non-consecutive shards.
     """
     _check_mesh("process_rows", mesh)
+    _check_batch_size("process_rows", batch_size)
     _check_batch("process_rows", mesh, batch_size)
     n = int(mesh.shape[DATA_AXIS])
     grid = np.moveaxis(mesh.devices, mesh.axis_names.index(DATA_AXIS), 0).reshape(n, -1)
@@ -332,8 +375,8 @@ def data_parallel_value_and_grad(
     Raises:
       ValueError: (when traced) a batch size not divisible by the data axis.
     """
-    _check_mesh("data_parallel_value_and_grad", mesh)
-    f = value_and_grad(net, loss, has_state=has_state, train=train)
+    _check_mesh(_DP, mesh)
+    f = _prefixed(_DP, lambda: value_and_grad(net, loss, has_state=has_state, train=train))
     replicated = NamedSharding(mesh, PartitionSpec())
 
     if has_state:
@@ -376,7 +419,10 @@ def shard_map_value_and_grad(
       ValueError: (when traced) a batch size not divisible by the data axis.
     """
     _check_mesh("shard_map_value_and_grad", mesh)
-    f = value_and_grad(net, loss, has_state=has_state, train=train)
+    f = _prefixed(
+        "shard_map_value_and_grad",
+        lambda: value_and_grad(net, loss, has_state=has_state, train=train),
+    )
     rep, split = PartitionSpec(), PartitionSpec(DATA_AXIS)
 
     def shard_key(key):
@@ -418,19 +464,22 @@ def place_for_fit(
 ) -> tuple[Any, Any, Any, Any, Any]:
     """What :func:`manual_bp.train.fit` does with ``mesh=``: check that ``batch_size`` divides
     over the data axis, place params (and the matching optimizer-state leaves) by
-    :func:`tensor_parallel_shardings` — replicated unless the mesh has a ``"model"`` axis — and
-    replicate the network state and the training set. Each epoch's batches are then split with
+    :func:`tensor_parallel_shardings` — replicated unless the mesh has a ``"model"`` axis — the
+    network state by :func:`state_shardings` (feedback matrices like their weights, the rest
+    replicated), and replicate the training set. Each epoch's batches are then split with
     :func:`constrain_batch` (axis 1 of the ``(steps, B, ...)`` stack).
 
     Raises:
       ValueError: ``batch_size`` not divisible by the data axis's size.
     """
     _check_mesh("fit", mesh)
+    _check_batch_size("fit", batch_size)
     _check_batch("fit", mesh, batch_size)
     shardings = tensor_parallel_shardings(params, mesh)
     params = jax.device_put(params, shardings)
     opt_state = jax.device_put(opt_state, matching_shardings(opt_state, params, shardings, mesh))
-    state, x, y = replicate((state, x, y), mesh)
+    state = jax.device_put(state, state_shardings(state, params, shardings, mesh))
+    x, y = replicate((x, y), mesh)
     return params, opt_state, state, x, y
 
 
@@ -450,6 +499,7 @@ def tensor_parallel_shardings(params: Any, mesh: Mesh) -> Any:
     replicated. The handwritten rules are unchanged: under ``jax.jit`` XLA partitions them.
     """
     _check_mesh("tensor_parallel_shardings", mesh)
+    _check_leaves("tensor_parallel_shardings", params, "params")
     m = int(mesh.shape.get(MODEL_AXIS, 1))
     rep = NamedSharding(mesh, PartitionSpec())
     if m == 1:
@@ -472,16 +522,68 @@ def tensor_parallel_shardings(params: Any, mesh: Mesh) -> Any:
 
     def walk(node):
         if isinstance(node, dict):
+            core = {k: v for k, v in node.items() if k != "feedback"}
             if (
-                set(node) == {"w", "b"}
-                and np.ndim(node["w"]) == 2
-                and np.shape(node["b"]) == np.shape(node["w"])[1:]
+                set(core) == {"w", "b"}
+                and np.ndim(core["w"]) == 2
+                and np.shape(core["b"]) == np.shape(core["w"])[1:]
             ):
-                return dense(node["w"], node["b"])
+                out = dense(core["w"], core["b"])
+                if "feedback" in node:  # Kolen–Pollack's learned B: split like the W it mirrors
+                    out["feedback"] = _like(node["feedback"], core, out, rep)
+                return out
             return {k: walk(v) for k, v in node.items()}
         return jax.tree.map(lambda _: rep, node)
 
     return walk(params)
+
+
+def _like(feedback: Any, weights: dict, shardings: dict, rep: NamedSharding) -> Any:
+    """A layer's feedback matrices {name: B}: each B with the shape of weights[name] gets that
+    weight's sharding; anything else is replicated."""
+    if not isinstance(feedback, dict):
+        return jax.tree.map(lambda _: rep, feedback)
+    return {
+        k: shardings[k]
+        if k in weights and np.shape(v) == np.shape(weights[k])
+        else jax.tree.map(lambda _: rep, v)
+        for k, v in feedback.items()
+    }
+
+
+def state_shardings(state: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for a network's ``state`` that follow the parameters' ``shardings``.
+
+    Feedback alignment's fixed matrices (``state[...]["feedback"][name]``, see
+    :func:`manual_bp.credit.feedback`) stand in for the weight ``params[...][name]`` in the
+    backward pass, so each gets that weight's sharding: with :func:`tensor_parallel_shardings`
+    B is split exactly like W and δ Bᵀ partitions like δ Wᵀ. Every other leaf (batch-norm
+    statistics, direct feedback's matrices) is replicated.
+    """
+    _check_mesh("state_shardings", mesh)
+    _check_leaves("state_shardings", state, "state")
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise ValueError(
+            "state_shardings: shardings must have the tree structure of params (one sharding "
+            f"per leaf, as from tensor_parallel_shardings), got {len(jax.tree.leaves(shardings))}"
+            f" shardings for {len(jax.tree.leaves(params))} parameters"
+        )
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def walk(node, p, sh):
+        if not isinstance(node, dict):
+            return jax.tree.map(lambda _: rep, node)
+        out = {}
+        for k, v in node.items():
+            if k == "feedback" and isinstance(p, dict) and isinstance(sh, dict):
+                out[k] = _like(v, p, sh, rep)
+            else:
+                sub_p = p.get(k) if isinstance(p, dict) else None
+                sub_sh = sh.get(k) if isinstance(sh, dict) else None
+                out[k] = walk(v, sub_p, sub_sh)
+        return out
+
+    return walk(state, params, shardings)
 
 
 def matching_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
@@ -492,6 +594,13 @@ def matching_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> An
     is replicated.
     """
     _check_mesh("matching_shardings", mesh)
+    n_params, n_shardings = len(jax.tree.leaves(params)), len(jax.tree.leaves(shardings))
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise ValueError(
+            "matching_shardings: shardings must have the tree structure of params (one sharding "
+            f"per leaf, as from tensor_parallel_shardings), got {n_shardings} shardings for "
+            f"{n_params} parameters"
+        )
     rep = NamedSharding(mesh, PartitionSpec())
     by_path = {
         tuple(map(str, path)): (np.shape(p), sh)
@@ -597,6 +706,16 @@ def cli_mesh(
       ValueError: one line naming the flag: too many devices, a shape that does not match
         ``devices``, or a ``batch_size`` not divisible by the data axis.
     """
+    if not _is_int(devices) or devices < 1:
+        raise (ValueError if _is_int(devices) else TypeError)(
+            f"cli_mesh: devices must be a positive int, got {devices!r}"
+        )
+    if mesh_shape is not None and not isinstance(mesh_shape, str):
+        raise TypeError(
+            f"cli_mesh: mesh_shape must be None or a str such as '4x2', got "
+            f"{type(mesh_shape).__name__}"
+        )
+    _check_batch_size("cli_mesh", batch_size)
     try:
         shape = None if mesh_shape is None else parse_mesh_shape(mesh_shape)
     except ValueError as e:
