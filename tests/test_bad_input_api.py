@@ -2,9 +2,12 @@
 
 ``tests/test_bad_input.py`` covers the rules, ``value_and_grad`` and the params tree; this
 table walks the rest of the public API: every layer constructor and forward of
-``manual_bp.nn``, the verification tools, the data loaders, ``fit``, checkpoints and the
-``manual-bp`` commands. Every error is a ValueError or TypeError raised before any tracing,
-naming the op, layer or argument, what was expected and what came.
+``manual_bp.nn``, the verification tools (``manual_bp.verify``, ``manual_bp.audit``), the
+data loaders, ``fit`` and its non-finite guard (``manual_bp.guard``), checkpoints, run outputs
+(``manual_bp.report``), the device mesh (``manual_bp.parallel``, on one device),
+``manual_bp.adapter`` and the ``manual-bp`` commands. Every error is a ValueError or
+TypeError raised before any tracing, naming the op, layer or argument, what was expected and
+what came.
 ``test_every_public_callable_has_a_row`` fails when a public function is added without one.
 """
 
@@ -21,7 +24,21 @@ import optax
 import pytest
 
 import manual_bp
-from manual_bp import RULES, checkpoint, credit, data, nn, per_example, train
+from manual_bp import (
+    RULES,
+    adapter,
+    audit,
+    checkpoint,
+    credit,
+    data,
+    guard,
+    nn,
+    parallel,
+    per_example,
+    report,
+    train,
+    verify,
+)
 from manual_bp.data import Dataset
 
 f32 = jnp.float32
@@ -52,6 +69,7 @@ FA = nn.serial(credit.feedback(nn.Dense(4), "fa"), nn.Tanh(), credit.feedback(nn
 FA_PARAMS, FA_STATE = FA.init(KEY, (8, 6), f32), FA.init_state(KEY, (8, 6), f32)
 DFA = credit.direct_feedback(nn.Dense(4), nn.Tanh(), nn.Dense(3))
 DFA_PARAMS = DFA.init(KEY, (8, 6), f32)
+LM = nn.TransformerLM(5, max_len=4, features=4, num_heads=1, num_blocks=1)
 
 
 def fit(dataset=GOOD, **kw):
@@ -100,6 +118,40 @@ def cli(capsys, *argv):
         code = e.code
     lines = capsys.readouterr().err.strip().splitlines()
     return code, lines[-1] if lines else ""
+
+
+def mesh():
+    """A one-device mesh: this test process has one CPU device."""
+    return parallel.data_parallel_mesh()
+
+
+RECORDS = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": 0.5}]
+
+
+def jsonl(tmp, text):
+    (tmp / "metrics.jsonl").write_text(text)
+    return tmp / "metrics.jsonl"
+
+
+def non_finite():
+    info = dict.fromkeys(("params", "opt_state", "state", "x", "y", "key"))
+    return guard.NonFiniteError("non-finite loss", epoch=1, step=0, kind="loss", where="x", **info)
+
+
+def diagnose(**kw):
+    """guard.diagnose on fit's arguments for one epoch of NET, with ``kw`` replaced."""
+    args = {
+        "step_fn": lambda carry, batch, key: (carry, None),
+        "carry": (PARAMS, OPT.init(PARAMS), {}),
+        "epoch_key": KEY,
+        "dropout_key": KEY,
+        "data": (GOOD.x_train, GOOD.y_train),
+        "batch_size": 8,
+        "losses_finite": np.ones(3, bool),
+        "epoch": 1,
+    } | kw
+    net, loss = args.pop("net", NET), args.pop("loss", RULES["softmax_cross_entropy"])
+    return guard.diagnose(net, loss, **args)
 
 
 # (id, the public name it covers, call(tmp_path), exception, message pattern)
@@ -452,6 +504,76 @@ BAD = [
         r"flatten: x must have a floating dtype",
     ),
     (
+        "Flatten rank 1",
+        "Flatten",
+        lambda t: nn.Flatten().forward({}, z(6)),
+        ValueError,
+        r"flatten: x must have rank >= 2, got rank 1 \(shape \(6,\)\)",
+    ),
+    (
+        "Flatten shape rank 1",
+        "Flatten",
+        lambda t: nn.serial(nn.Flatten(), nn.Dense(2)).init(KEY, (6,)),
+        ValueError,
+        r"Flatten: input_shape must be \(N, ...\) with rank >= 2, got \(6,\)",
+    ),
+    (
+        "Context not a Context",
+        "Context",
+        lambda t: forward(NET, (8, 6), z(8, 6), ctx={"train": True}),
+        TypeError,
+        r"serial: the forward pass's context must be a manual_bp.nn.Context or None, got dict",
+    ),
+    (
+        "Context train not a bool",
+        "Context",
+        lambda t: forward(NET, (8, 6), z(8, 6), ctx=nn.Context(train=1)),
+        TypeError,
+        r"serial: Context.train must be a Python bool .*got int 1",
+    ),
+    (
+        "Context key not a key",
+        "Context",
+        lambda t: forward(nn.serial(nn.Dropout(0.5)), (8, 6), z(8, 6), nn.Context(True, z(2))),
+        TypeError,
+        r"serial: Context: key must be a PRNG key .*shape \(2,\) and dtype float32",
+    ),
+    (
+        "Context state not a dict",
+        "Context",
+        lambda t: forward(nn.BatchNorm(), (8, 6), z(8, 6), nn.Context(True, KEY, [1, 2])),
+        TypeError,
+        r"BatchNorm: Context.state must be a dict \(net.init_state\(...\)\) or None, got list",
+    ),
+    (
+        "Context taps not a dict",
+        "Context",
+        lambda t: forward(NET, (8, 6), z(8, 6), nn.Context(True, taps=[])),
+        TypeError,
+        r"serial: Context.taps must be a dict or None, got list",
+    ),
+    (
+        "layer name with a slash",
+        "serial",
+        lambda t: nn.serial(nn.Dense(3, name="enc/out")),
+        ValueError,
+        r"serial: argument 0: layer name 'enc/out' contains '/', which separates nested",
+    ),
+    (
+        "serial name not a str",
+        "serial",
+        lambda t: nn.serial(nn.Dense(3), name=7),
+        TypeError,
+        r"serial: a layer name must be a str or None, got int",
+    ),
+    (
+        "residual block name with a slash",
+        "residual",
+        lambda t: nn.residual(nn.Dense(3, name="a/b")),
+        ValueError,
+        r"residual: block: layer name 'a/b' contains '/'",
+    ),
+    (
         "LastStep int",
         "LastStep",
         lambda t: nn.LastStep().forward({}, ints(2, 3, 4)),
@@ -523,6 +645,30 @@ BAD = [
         lambda t: fit(bad_data(y_test=np.array([0, 1, -1, 2, 0, 1, 2, 0], np.int32))),
         ValueError,
         r"fit: data.y_test must hold class ids in \[0, 3\) .*got labels from -1 to 2",
+    ),
+    (
+        "fit token id outside the vocabulary",
+        "fit",
+        lambda t: fit(
+            Dataset(ints(8, 4, value=5), ints(8, 4), ints(2, 4), ints(2, 4), 5, "tokens"),
+            net=LM,
+            params=LM.init(KEY, (8, 4)),
+        ),
+        ValueError,
+        r"fit: data.x_train must hold token ids in \[0, 5\) for the embedding 'embed' "
+        r"\(vocab=5\), got ids from 5 to 5",
+    ),
+    (
+        "fit float inputs to an embedding",
+        "fit",
+        lambda t: fit(
+            Dataset(z(8, 4), ints(8, 4), z(2, 4), ints(2, 4), 5, "tokens"),
+            net=LM,
+            params=LM.init(KEY, (8, 4)),
+        ),
+        TypeError,
+        r"fit: data.x_train feeds the embedding 'embed', so it must hold integer token ids, "
+        r"got dtype float32",
     ),
     (
         "fit empty test split",
@@ -882,6 +1028,451 @@ BAD = [
         ValueError,
         r"clip_per_example: grads holds no arrays",
     ),
+    # --- manual_bp.parallel (a one-device mesh: this process has one CPU device) ---
+    (
+        "parse_mesh_shape int",
+        "parse_mesh_shape",
+        lambda t: parallel.parse_mesh_shape(8),
+        TypeError,
+        r"parse_mesh_shape: expected a str such as '4x2', got int",
+    ),
+    (
+        "parse_mesh_shape 4y2",
+        "parse_mesh_shape",
+        lambda t: parallel.parse_mesh_shape("4y2"),
+        ValueError,
+        r"parse_mesh_shape: expected DATA or DATAxMODEL with positive integers \(e\.g\. 8 or "
+        r"4x2\), got '4y2'",
+    ),
+    (
+        "data_parallel_mesh too many devices",
+        "data_parallel_mesh",
+        lambda t: parallel.data_parallel_mesh(2),
+        ValueError,
+        r"data_parallel_mesh: asked for 2 devices, but 1 is available \(cpu\)",
+    ),
+    (
+        "data_parallel_mesh devices str",
+        "data_parallel_mesh",
+        lambda t: parallel.data_parallel_mesh("cpu"),
+        TypeError,
+        r"data_parallel_mesh: devices must be None, an int or a sequence of jax\.Device, got str",
+    ),
+    (
+        "data_parallel_mesh shape",
+        "data_parallel_mesh",
+        lambda t: parallel.data_parallel_mesh(mesh_shape=(2,)),
+        ValueError,
+        r"data_parallel_mesh: mesh_shape \(2,\) needs 2 devices, got 1",
+    ),
+    (
+        "data_axis_size str",
+        "data_axis_size",
+        lambda t: parallel.data_axis_size("mesh"),
+        TypeError,
+        r"data_axis_size: mesh must be a jax\.sharding\.Mesh, got str",
+    ),
+    (
+        "replicated_sharding str",
+        "replicated_sharding",
+        lambda t: parallel.replicated_sharding("mesh"),
+        TypeError,
+        r"replicated_sharding: mesh must be a jax\.sharding\.Mesh, got str",
+    ),
+    (
+        "batch_sharding negative axis",
+        "batch_sharding",
+        lambda t: parallel.batch_sharding(mesh(), -1),
+        ValueError,
+        r"batch_sharding: axis must be an int >= 0 \(the batch axis\), got -1",
+    ),
+    (
+        "replicate str leaf",
+        "replicate",
+        lambda t: parallel.replicate({"w": "x"}, mesh()),
+        TypeError,
+        r"replicate: every leaf of tree must be an array or a number, got str at tree\['w'\]",
+    ),
+    (
+        "replicate str mesh",
+        "replicate",
+        lambda t: parallel.replicate({}, "mesh"),
+        TypeError,
+        r"replicate: mesh must be a jax\.sharding\.Mesh, got str",
+    ),
+    (
+        "shard_batch scalar",
+        "shard_batch",
+        lambda t: parallel.shard_batch({"x": z()}, mesh()),
+        ValueError,
+        r"shard_batch: every leaf needs a batch axis 0, got shape \(\)",
+    ),
+    (
+        "shard_batch axis str",
+        "shard_batch",
+        lambda t: parallel.shard_batch(z(8, 3), mesh(), "0"),
+        TypeError,
+        r"shard_batch: axis must be an int >= 0 \(the batch axis\), got '0'",
+    ),
+    (
+        "constrain_batch scalar",
+        "constrain_batch",
+        lambda t: parallel.constrain_batch((z(8, 3), z()), mesh()),
+        ValueError,
+        r"constrain_batch: every leaf needs a batch axis 0, got shape \(\)",
+    ),
+    (
+        "constrain_batch str mesh",
+        "constrain_batch",
+        lambda t: parallel.constrain_batch(z(8, 3), "mesh"),
+        TypeError,
+        r"constrain_batch: mesh must be a jax\.sharding\.Mesh, got str",
+    ),
+    (
+        "process_rows batch 0",
+        "process_rows",
+        lambda t: parallel.process_rows(0, mesh()),
+        ValueError,
+        r"process_rows: batch_size must be a positive int, got 0",
+    ),
+    (
+        "process_rows batch str",
+        "process_rows",
+        lambda t: parallel.process_rows("8", mesh()),
+        TypeError,
+        r"process_rows: batch_size must be a positive int, got '8'",
+    ),
+    (
+        "shard_local_batch rows",
+        "shard_local_batch",
+        lambda t: parallel.shard_local_batch(np.zeros((7, 3)), mesh(), 8),
+        ValueError,
+        r"shard_local_batch: each leaf must hold this process's 8 rows of the global batch of 8, "
+        r"got shape \(7, 3\)",
+    ),
+    (
+        "data_parallel_value_and_grad str net",
+        "data_parallel_value_and_grad",
+        lambda t: parallel.data_parallel_value_and_grad("x", "mse", mesh()),
+        TypeError,
+        r"data_parallel_value_and_grad: expected a manual_bp\.nn\.Layer as the network, got str",
+    ),
+    (
+        "data_parallel_value_and_grad str mesh",
+        "data_parallel_value_and_grad",
+        lambda t: parallel.data_parallel_value_and_grad(NET, "mse", "mesh"),
+        TypeError,
+        r"data_parallel_value_and_grad: mesh must be a jax\.sharding\.Mesh, got str",
+    ),
+    (
+        "shard_map_value_and_grad unknown loss",
+        "shard_map_value_and_grad",
+        lambda t: parallel.shard_map_value_and_grad(NET, "nope", mesh()),
+        ValueError,
+        r"shard_map_value_and_grad: unknown rule 'nope'; registered rules: ",
+    ),
+    (
+        "place_for_fit batch 0",
+        "place_for_fit",
+        lambda t: parallel.place_for_fit(mesh(), 0, PARAMS, OPT.init(PARAMS), {}, z(8, 6), ints(8)),
+        ValueError,
+        r"fit: batch_size must be a positive int, got 0",
+    ),
+    (
+        "tensor_parallel_shardings str params",
+        "tensor_parallel_shardings",
+        lambda t: parallel.tensor_parallel_shardings("abc", mesh()),
+        TypeError,
+        r"tensor_parallel_shardings: every leaf of params must be an array or a number, got str",
+    ),
+    (
+        "matching_shardings mismatched",
+        "matching_shardings",
+        lambda t: parallel.matching_shardings(OPT.init(PARAMS), PARAMS, {}, mesh()),
+        ValueError,
+        r"matching_shardings: shardings must have the tree structure of params .*got 0 "
+        r"shardings for 4 parameters",
+    ),
+    (
+        "state_shardings mismatched",
+        "state_shardings",
+        lambda t: parallel.state_shardings({}, PARAMS, {}, mesh()),
+        ValueError,
+        r"state_shardings: shardings must have the tree structure of params .*got 0 "
+        r"shardings for 4 parameters",
+    ),
+    (
+        "state_shardings string leaf",
+        "state_shardings",
+        lambda t: parallel.state_shardings(
+            {"dense_0": {"feedback": {"w": "B"}}},
+            PARAMS,
+            parallel.tensor_parallel_shardings(PARAMS, mesh()),
+            mesh(),
+        ),
+        TypeError,
+        r"state_shardings: every leaf of state must be an array or a number, got str at "
+        r"state\['dense_0'\]\['feedback'\]\['w'\]",
+    ),
+    (
+        "initialize_distributed address",
+        "initialize_distributed",
+        lambda t: parallel.initialize_distributed("nowhere", 2, 0),
+        ValueError,
+        r"initialize_distributed: coordinator must be HOST:PORT, got 'nowhere'",
+    ),
+    (
+        "initialize_distributed str count",
+        "initialize_distributed",
+        lambda t: parallel.initialize_distributed("127.0.0.1:1234", "2", 0),
+        TypeError,
+        r"initialize_distributed: num_processes must be an int, got str",
+    ),
+    (
+        "cli_mesh devices 0",
+        "cli_mesh",
+        lambda t: parallel.cli_mesh(0, None, 8),
+        ValueError,
+        r"cli_mesh: devices must be a positive int, got 0",
+    ),
+    (
+        "cli_mesh batch 0",
+        "cli_mesh",
+        lambda t: parallel.cli_mesh(1, None, 0),
+        ValueError,
+        r"cli_mesh: batch_size must be a positive int, got 0",
+    ),
+    (
+        "cli_mesh shape",
+        "cli_mesh",
+        lambda t: parallel.cli_mesh(1, "4y2", 8),
+        ValueError,
+        r"argument --mesh-shape: expected DATA or DATAxMODEL",
+    ),
+    # --- manual_bp.audit (its messages name the ``manual-bp verify`` command) ---
+    (
+        "audit unknown dtype",
+        "audit",
+        lambda t: audit.audit(dtypes=["float8"]),
+        ValueError,
+        r"verify: unknown dtype\(s\) \['float8'\]",
+    ),
+    (
+        "audit shapes 0",
+        "audit",
+        lambda t: audit.audit(shapes=0),
+        ValueError,
+        r"verify: shapes must be a positive int",
+    ),
+    (
+        "audit rules str",
+        "audit",
+        lambda t: audit.audit(rules="dense"),
+        TypeError,
+        r"verify: rules must be a sequence of rule names, got 'dense'",
+    ),
+    (
+        "audit progress not callable",
+        "audit",
+        lambda t: audit.audit(progress=3),
+        TypeError,
+        r"verify: progress must be callable or None, got int",
+    ),
+    (
+        "write_json directory",
+        "write_json",
+        lambda t: audit.write_json(t, {}),
+        ValueError,
+        r"write_json: .* is a directory, expected a file path",
+    ),
+    (
+        "write_json missing folder",
+        "write_json",
+        lambda t: audit.write_json(t / "none" / "a.json", {}),
+        ValueError,
+        r"write_json: folder .*none does not exist",
+    ),
+    (
+        "write_json not JSON",
+        "write_json",
+        lambda t: audit.write_json(t / "a.json", {"a": object()}),
+        TypeError,
+        r"write_json: payload is not JSON-serializable: Object of type object",
+    ),
+    # --- manual_bp.report ---
+    (
+        "layer_norms grads str",
+        "layer_norms",
+        lambda t: report.layer_norms("x", {}),
+        TypeError,
+        r"layer_norms: grads must be a dict, got str",
+    ),
+    (
+        "layer_norms delta list",
+        "layer_norms",
+        lambda t: report.layer_norms({}, {"dense_0": [1.0, 2.0]}),
+        TypeError,
+        r"layer_norms: deltas\['dense_0'\] must be an array, got list",
+    ),
+    (
+        "write_metrics directory",
+        "write_metrics",
+        lambda t: report.write_metrics(t, RECORDS),
+        ValueError,
+        r"write_metrics: expected a file path, got .*, which is a directory",
+    ),
+    (
+        "write_metrics record not a dict",
+        "write_metrics",
+        lambda t: report.write_metrics(t / "metrics.jsonl", [1]),
+        TypeError,
+        r"write_metrics: records\[0\] must be a dict, got int",
+    ),
+    (
+        "read_metrics directory",
+        "read_metrics",
+        lambda t: report.read_metrics(t),
+        ValueError,
+        r"read_metrics: expected a metrics\.jsonl file, got .*, a directory",
+    ),
+    (
+        "read_metrics bad line",
+        "read_metrics",
+        lambda t: report.read_metrics(jsonl(t, '{"epoch": 1}\nnot json\n')),
+        ValueError,
+        r"read_metrics: .*metrics\.jsonl: line 2 is not JSON",
+    ),
+    (
+        "write_plots missing folder",
+        "write_plots",
+        lambda t: report.write_plots(t / "none", RECORDS),
+        ValueError,
+        r"write_plots: expected an existing folder, got .*none, which does not exist",
+    ),
+    (
+        "write_plots no records",
+        "write_plots",
+        lambda t: report.write_plots(t, []),
+        ValueError,
+        r"write_plots: records is empty",
+    ),
+    (
+        "write_plots record keys",
+        "write_plots",
+        lambda t: report.write_plots(t, [{"epoch": 1}]),
+        ValueError,
+        r"write_plots: records\[0\] lacks \['train_loss', 'test_loss', 'test_accuracy'\]",
+    ),
+    # --- manual_bp.guard ---
+    (
+        "tree_is_finite str leaf",
+        "tree_is_finite",
+        lambda t: guard.tree_is_finite({"a": "x"}),
+        TypeError,
+        r"tree_is_finite: every leaf must be an array or a number, got str at tree\['a'\]",
+    ),
+    (
+        "epoch_batches batch 0",
+        "epoch_batches",
+        lambda t: guard.epoch_batches(KEY, z(8, 3), z(8), 0),
+        ValueError,
+        r"epoch_batches: batch_size must be an int in \[1, 8\] \(the number of examples\), got 0",
+    ),
+    (
+        "epoch_batches lengths",
+        "epoch_batches",
+        lambda t: guard.epoch_batches(KEY, z(8, 3), z(7), 4),
+        ValueError,
+        r"epoch_batches: x and y must hold the same number of examples, got x of shape \(8, 3\) "
+        r"and y of shape \(7,\)",
+    ),
+    (
+        "epoch_batches key int",
+        "epoch_batches",
+        lambda t: guard.epoch_batches(0, z(8, 3), z(8), 4),
+        TypeError,
+        r"epoch_batches: epoch_key must be a PRNG key \(jax\.random\.key\), got int",
+    ),
+    (
+        "diagnose str loss",
+        "diagnose",
+        lambda t: diagnose(loss="softmax_cross_entropy"),
+        TypeError,
+        r"diagnose: loss must be a manual_bp\.Rule, got str",
+    ),
+    (
+        "diagnose carry",
+        "diagnose",
+        lambda t: diagnose(carry=(PARAMS, OPT.init(PARAMS))),
+        TypeError,
+        r"diagnose: carry must be a tuple \(params, opt_state, state\), got a tuple of length 2",
+    ),
+    (
+        "diagnose no flags",
+        "diagnose",
+        lambda t: diagnose(losses_finite=np.zeros(0, bool)),
+        ValueError,
+        r"diagnose: losses_finite must be a non-empty 1-D array of per-step flags, got shape "
+        r"\(0,\)",
+    ),
+    (
+        "name_primitive err str",
+        "name_primitive",
+        lambda t: guard.name_primitive(NET, RULES["softmax_cross_entropy"], "err"),
+        TypeError,
+        r"name_primitive: err must be the NonFiniteError raised by fit, got str",
+    ),
+    (
+        "name_primitive str net",
+        "name_primitive",
+        lambda t: guard.name_primitive("net", RULES["softmax_cross_entropy"], non_finite()),
+        TypeError,
+        r"name_primitive: expected a manual_bp\.nn\.Layer as the network, got str",
+    ),
+    # --- manual_bp.verify and manual_bp.adapter: the functions manual_bp exports (rows in
+    # its section above), here called through their own modules ---
+    (
+        "check_rule unknown",
+        "check_rule",
+        lambda t: verify.check_rule("nope", z(3)),
+        ValueError,
+        r"check_rule: unknown rule 'nope'; registered rules: ",
+    ),
+    (
+        "check_network str net",
+        "check_network",
+        lambda t: verify.check_network("x", "mse", PARAMS, z(8, 6), z(8, 3)),
+        TypeError,
+        r"check_network: net must be a manual_bp\.nn\.Layer, got str",
+    ),
+    (
+        "check_network list x",
+        "check_network",
+        lambda t: verify.check_network(NET, "mse", PARAMS, [[0.0] * 6] * 8, z(8, 3)),
+        TypeError,
+        r"check_network: x must be an array, got list",
+    ),
+    (
+        "assert_rule_correct unknown",
+        "assert_rule_correct",
+        lambda t: verify.assert_rule_correct("nope", z(3)),
+        ValueError,
+        r"check_rule: unknown rule 'nope'",
+    ),
+    (
+        "as_custom_vjp unknown",
+        "as_custom_vjp",
+        lambda t: adapter.as_custom_vjp("nope"),
+        ValueError,
+        r"as_custom_vjp: unknown rule 'nope'; registered rules: ",
+    ),
+    (
+        "as_custom_vjp str primal",
+        "as_custom_vjp",
+        lambda t: adapter.as_custom_vjp("tanh")("x"),
+        TypeError,
+        r"as_custom_vjp\('tanh'\): primal 0 must be an array or a number, got str",
+    ),
 ]
 
 
@@ -949,26 +1540,32 @@ NOT_CALLED_WITH_DATA = {
     "NetworkReport": "a result type",
     "RuleReport": "a result type",
     "Layer": "a NamedTuple (its constructors are in the table)",
-    "Context": "a NamedTuple of the forward pass's mode (used through value_and_grad)",
     "has_state": "a predicate over a network's description",
     "Checkpoint": "a result type",
     "Dataset": "a NamedTuple (checked by fit)",
     "FitResult": "a result type",
+    "NonFiniteError": "an exception class (raised by fit, built by guard.diagnose)",
+    "Comparison": "a result type (of check_rule and check_network)",
+    "LayerCheck": "a result type (of check_network)",
 }
 
 
 def test_every_public_callable_has_a_row():
-    """Each public name of manual_bp, manual_bp.nn, data, train, checkpoint, credit and
-    per_example has a row in this table or in tests/test_bad_input.py, or is listed above as
-    holding no inputs. (manual_bp.parallel's errors are tested on 8 devices in
-    tests/test_parallel.py.)"""
+    """Each public callable of manual_bp, manual_bp.nn, data, train, checkpoint, credit,
+    per_example, parallel, audit, report, guard, verify and adapter has a row in this table or
+    in tests/test_bad_input.py, or is listed above as holding no inputs. Constants (DATA_AXIS,
+    PLOTS, NETWORKS, EXIT_NON_FINITE) are not callable and are skipped. (manual_bp.parallel's
+    errors on 8 devices are tested in tests/test_parallel.py.)"""
     import test_bad_input
 
     covered = {b[1] for b in BAD}
     covered |= {"value_and_grad", "register"} if test_bad_input.BAD else set()
     public = {
         name
-        for module in (manual_bp, nn, data, train, checkpoint, credit, per_example)
+        for module in (
+            *(manual_bp, nn, data, train, checkpoint, credit, per_example),
+            *(parallel, audit, report, guard, verify, adapter),
+        )
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)
     }

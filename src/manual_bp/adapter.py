@@ -145,7 +145,10 @@ def as_custom_vjp(rule: Rule | str, **static: Any) -> Callable[..., Any]:
       ValueError: if ``rule`` is a name that is not registered.
       TypeError: if ``rule`` is neither a Rule nor a str.
     """
-    rule = get_rule(rule)
+    try:
+        rule = get_rule(rule)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"as_custom_vjp: {e}") from None
     bound = MappingProxyType(dict(static))
 
     @functools.lru_cache(maxsize=_CACHE_SIZE)
@@ -153,6 +156,12 @@ def as_custom_vjp(rule: Rule | str, **static: Any) -> Callable[..., Any]:
         return _build(rule, bound, avals)
 
     def adapted(*primals: Any) -> Any:
+        for i, p in enumerate(primals):
+            if not _is_array(p) and not isinstance(p, bool | int | float | complex):
+                raise TypeError(
+                    f"as_custom_vjp({rule.name!r}): primal {i} must be an array or a number, "
+                    f"got {type(p).__name__}"
+                )
         primals = _as_arrays(primals)
         return for_types(tuple(jax.typeof(p) for p in primals))(*primals)
 

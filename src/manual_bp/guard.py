@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import nn
+from ._checks import require_array, require_ndim
 from ._registry import Rule
 from .verify import _forward_order
 
@@ -54,6 +55,12 @@ EXIT_NON_FINITE = 3
 
 def tree_is_finite(tree: Any) -> jax.Array:
     """One boolean: every floating leaf of ``tree`` is finite (jit-friendly)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
+            raise TypeError(
+                "tree_is_finite: every leaf must be an array or a number, got "
+                f"{type(leaf).__name__} at tree{jax.tree_util.keystr(path)}"
+            )
     flags = [
         jnp.all(jnp.isfinite(leaf))
         for leaf in jax.tree.leaves(tree)
@@ -102,9 +109,31 @@ def _count_bad(a: Any) -> str:
     return f"{nan} NaN and {inf} inf of {a.size} values"
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def epoch_batches(epoch_key: jax.Array, x: Any, y: Any, batch_size: int) -> tuple[Any, Any]:
     """The batches of an epoch, stacked ``(steps, batch_size, ...)``: the order ``fit`` uses
     (a permutation drawn from the epoch's key, the last incomplete batch dropped)."""
+    if not isinstance(epoch_key, jax.Array | np.ndarray):
+        raise TypeError(
+            f"epoch_batches: epoch_key must be a PRNG key (jax.random.key), got "
+            f"{type(epoch_key).__name__}"
+        )
+    for arg, a in (("x", x), ("y", y)):
+        require_array("epoch_batches", arg, a)
+        require_ndim("epoch_batches", arg, a, at_least=1)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            "epoch_batches: x and y must hold the same number of examples, got x of shape "
+            f"{tuple(x.shape)} and y of shape {tuple(y.shape)}"
+        )
+    if not _is_int(batch_size) or not 1 <= batch_size <= x.shape[0]:
+        raise (ValueError if _is_int(batch_size) else TypeError)(
+            f"epoch_batches: batch_size must be an int in [1, {x.shape[0]}] (the number of "
+            f"examples), got {batch_size!r}"
+        )
     steps = x.shape[0] // batch_size
     order = jax.random.permutation(epoch_key, x.shape[0])[: steps * batch_size]
     order = jnp.reshape(order, (steps, batch_size))
@@ -133,6 +162,30 @@ def diagnose(
     The culprit is the first step whose loss is not finite, or earlier, the first step whose
     update left non-finite parameters or state (a NaN gradient under a finite loss)."""
     from .grad import value_grad_and_deltas
+
+    if not isinstance(net, nn.Layer):
+        raise TypeError(f"diagnose: net must be a manual_bp.nn.Layer, got {type(net).__name__}")
+    if not isinstance(loss, Rule):
+        raise TypeError(f"diagnose: loss must be a manual_bp.Rule, got {type(loss).__name__}")
+    if not callable(step_fn):
+        raise TypeError(f"diagnose: step_fn must be callable, got {type(step_fn).__name__}")
+    for arg, value, n, what in (
+        ("carry", carry, 3, "(params, opt_state, state)"),
+        ("data", data, 2, "(x_train, y_train)"),
+    ):
+        if not isinstance(value, tuple | list) or len(value) != n:
+            got = type(value).__name__
+            got += f" of length {len(value)}" if isinstance(value, tuple | list) else ""
+            raise TypeError(f"diagnose: {arg} must be a tuple {what}, got a {got}")
+    if np.ndim(losses_finite) != 1 or np.size(losses_finite) == 0:
+        raise ValueError(
+            "diagnose: losses_finite must be a non-empty 1-D array of per-step flags, got "
+            f"shape {np.shape(losses_finite)}"
+        )
+    if not _is_int(epoch) or epoch < 1:
+        raise (ValueError if _is_int(epoch) else TypeError)(
+            f"diagnose: epoch must be a positive int (1-based), got {epoch!r}"
+        )
 
     flags = np.asarray(losses_finite)
     bad = int(np.argmin(flags)) if not flags.all() else len(flags)
@@ -214,7 +267,15 @@ def name_primitive(net: nn.Layer, loss: Rule, err: NonFiniteError) -> str:
 
     from .grad import value_grad_and_deltas
 
-    f = value_grad_and_deltas(net, loss, has_state=True)
+    if not isinstance(err, NonFiniteError):
+        raise TypeError(
+            f"name_primitive: err must be the NonFiniteError raised by fit, got "
+            f"{type(err).__name__}"
+        )
+    try:
+        f = value_grad_and_deltas(net, loss, has_state=True)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"name_primitive: {e}") from None
     checked = checkify.checkify(f, errors=checkify.float_checks)
     found, _ = checked(err.params, err.state, err.x, err.y, err.key)
     message = found.get()

@@ -139,6 +139,14 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(x.dtype, jnp.floating)
 
 
+def _get_rule(where: str, rule: Any) -> Rule:
+    """:func:`get_rule`, its error prefixed with ``where``."""
+    try:
+        return get_rule(rule)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e}") from None
+
+
 def _primal_names(rule: Rule, n: int) -> list[str]:
     try:
         params = [
@@ -368,7 +376,7 @@ def check_rule(
     Returns:
       a :class:`RuleReport`; ``report.ok`` says whether every comparison passed.
     """
-    rule = get_rule(rule)
+    rule = _get_rule("check_rule", rule)
     primals = tuple(jnp.asarray(p) if isinstance(p, np.ndarray) else p for p in primals)
     for i, p in enumerate(primals):
         if not hasattr(p, "dtype") or not hasattr(p, "shape"):
@@ -747,9 +755,17 @@ def check_network(
     import reference
 
     from .grad import value_grad_and_deltas
+    from .nn import Layer
 
+    if not isinstance(net, Layer):
+        raise TypeError(
+            f"check_network: net must be a manual_bp.nn.Layer, got {type(net).__name__}"
+        )
+    for arg, a in (("x", x), ("y", y)):
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise TypeError(f"check_network: {arg} must be an array, got {type(a).__name__}")
     _check_tolerance("check_network", tolerance)
-    loss = get_rule(loss)
+    loss = _get_rule("check_network", loss)
     floats = [leaf for leaf in jax.tree.leaves(params) if _is_float(leaf)]
     dtype = np.dtype(x.dtype if _is_float(x) or not floats else floats[0].dtype)
     tol = tolerance if tolerance is not None else max(TOLERANCE.get(dtype.name, 1e-5), 1e-9) * 5
