@@ -78,6 +78,12 @@ def fit(dataset=GOOD, **kw):
     return train.fit(net, "softmax_cross_entropy", params, dataset, **args)
 
 
+def fit_lm(x_train, x_test):
+    """fit on a tiny language model: token ids (N, 4) in, next-token targets below 5."""
+    data = Dataset(x_train, ints(8, 4), x_test, ints(2, 4), 5, "tokens")
+    return fit(data, net=LM, params=LM.init(KEY, (8, 4)))
+
+
 def bad_data(**kw):
     return GOOD._replace(**kw)
 
@@ -649,11 +655,7 @@ BAD = [
     (
         "fit token id outside the vocabulary",
         "fit",
-        lambda t: fit(
-            Dataset(ints(8, 4, value=5), ints(8, 4), ints(2, 4), ints(2, 4), 5, "tokens"),
-            net=LM,
-            params=LM.init(KEY, (8, 4)),
-        ),
+        lambda t: fit_lm(ints(8, 4, value=5), ints(2, 4)),
         ValueError,
         r"fit: data.x_train must hold token ids in \[0, 5\) for the embedding 'embed' "
         r"\(vocab=5\), got ids from 5 to 5",
@@ -661,11 +663,7 @@ BAD = [
     (
         "fit float inputs to an embedding",
         "fit",
-        lambda t: fit(
-            Dataset(z(8, 4), ints(8, 4), z(2, 4), ints(2, 4), 5, "tokens"),
-            net=LM,
-            params=LM.init(KEY, (8, 4)),
-        ),
+        lambda t: fit_lm(z(8, 4), z(2, 4)),
         TypeError,
         r"fit: data.x_train feeds the embedding 'embed', so it must hold integer token ids, "
         r"got dtype float32",

@@ -551,6 +551,15 @@ def _like(feedback: Any, weights: dict, shardings: dict, rep: NamedSharding) -> 
     }
 
 
+def _check_shardings(where: str, params: Any, shardings: Any) -> None:
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise ValueError(
+            f"{where}: shardings must have the tree structure of params (one sharding per "
+            f"leaf, as from tensor_parallel_shardings), got {len(jax.tree.leaves(shardings))} "
+            f"shardings for {len(jax.tree.leaves(params))} parameters"
+        )
+
+
 def state_shardings(state: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
     """Shardings for a network's ``state`` that follow the parameters' ``shardings``.
 
@@ -562,12 +571,7 @@ def state_shardings(state: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
     """
     _check_mesh("state_shardings", mesh)
     _check_leaves("state_shardings", state, "state")
-    if jax.tree.structure(params) != jax.tree.structure(shardings):
-        raise ValueError(
-            "state_shardings: shardings must have the tree structure of params (one sharding "
-            f"per leaf, as from tensor_parallel_shardings), got {len(jax.tree.leaves(shardings))}"
-            f" shardings for {len(jax.tree.leaves(params))} parameters"
-        )
+    _check_shardings("state_shardings", params, shardings)
     rep = NamedSharding(mesh, PartitionSpec())
 
     def walk(node, p, sh):
@@ -594,13 +598,7 @@ def matching_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) -> An
     is replicated.
     """
     _check_mesh("matching_shardings", mesh)
-    n_params, n_shardings = len(jax.tree.leaves(params)), len(jax.tree.leaves(shardings))
-    if jax.tree.structure(params) != jax.tree.structure(shardings):
-        raise ValueError(
-            "matching_shardings: shardings must have the tree structure of params (one sharding "
-            f"per leaf, as from tensor_parallel_shardings), got {n_shardings} shardings for "
-            f"{n_params} parameters"
-        )
+    _check_shardings("matching_shardings", params, shardings)
     rep = NamedSharding(mesh, PartitionSpec())
     by_path = {
         tuple(map(str, path)): (np.shape(p), sh)
