@@ -1367,7 +1367,8 @@ BAD = [
         "tree_is_finite",
         lambda t: guard.tree_is_finite({"a": "x"}),
         TypeError,
-        r"tree_is_finite: every leaf must be an array or a number, got str at tree\['a'\]",
+        r"tree_is_finite: every leaf of tree must be an array or a number, got str at "
+        r"tree\['a'\]",
     ),
     (
         "epoch_batches batch 0",

@@ -5,8 +5,10 @@ Every message names the op, what it expected and what it got.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,3 +67,41 @@ def normalize_axis(op: str, axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for an input of rank {ndim}")
     return int(axis) % ndim
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def require_int(
+    op: str, arg: str, value: Any, expected: str, *, at_least: int | None = None,
+    at_most: int | None = None,
+) -> None:  # fmt: skip
+    """``value`` must be an int in [at_least, at_most]: TypeError if it is no int, ValueError if
+    it is out of range; the message says ``{arg} must be {expected}, got {value!r}``."""
+    if not is_int(value):
+        raise TypeError(f"{op}: {arg} must be {expected}, got {value!r}")
+    if (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
+        raise ValueError(f"{op}: {arg} must be {expected}, got {value!r}")
+
+
+def require_leaves(op: str, tree: Any, what: str = "tree") -> None:
+    """Every leaf of ``tree`` is an array or a Python number; else name the first bad path."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
+            raise TypeError(
+                f"{op}: every leaf of {what} must be an array or a number, got "
+                f"{type(leaf).__name__} at {what}{jax.tree_util.keystr(path)}"
+            )
+
+
+def prefix_errors(where: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a plain ValueError/TypeError it raises gets ``where`` in front (subclasses,
+    which may carry their own fields, pass through unchanged)."""
+    try:
+        return fn()
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"{where}: {e}") from None

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._checks import prefix_errors
 from ._registry import Rule, get_rule
 
 __all__ = ["as_custom_vjp"]
@@ -145,10 +146,7 @@ def as_custom_vjp(rule: Rule | str, **static: Any) -> Callable[..., Any]:
       ValueError: if ``rule`` is a name that is not registered.
       TypeError: if ``rule`` is neither a Rule nor a str.
     """
-    try:
-        rule = get_rule(rule)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"as_custom_vjp: {e}") from None
+    rule = prefix_errors("as_custom_vjp", lambda: get_rule(rule))
     bound = MappingProxyType(dict(static))
 
     @functools.lru_cache(maxsize=_CACHE_SIZE)

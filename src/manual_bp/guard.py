@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import nn
-from ._checks import require_array, require_ndim
+from ._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
 from ._registry import Rule
 from .verify import _forward_order
 
@@ -55,12 +55,7 @@ EXIT_NON_FINITE = 3
 
 def tree_is_finite(tree: Any) -> jax.Array:
     """One boolean: every floating leaf of ``tree`` is finite (jit-friendly)."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
-            raise TypeError(
-                "tree_is_finite: every leaf must be an array or a number, got "
-                f"{type(leaf).__name__} at tree{jax.tree_util.keystr(path)}"
-            )
+    require_leaves("tree_is_finite", tree)
     flags = [
         jnp.all(jnp.isfinite(leaf))
         for leaf in jax.tree.leaves(tree)
@@ -109,10 +104,6 @@ def _count_bad(a: Any) -> str:
     return f"{nan} NaN and {inf} inf of {a.size} values"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def epoch_batches(epoch_key: jax.Array, x: Any, y: Any, batch_size: int) -> tuple[Any, Any]:
     """The batches of an epoch, stacked ``(steps, batch_size, ...)``: the order ``fit`` uses
     (a permutation drawn from the epoch's key, the last incomplete batch dropped)."""
@@ -129,11 +120,11 @@ def epoch_batches(epoch_key: jax.Array, x: Any, y: Any, batch_size: int) -> tupl
             "epoch_batches: x and y must hold the same number of examples, got x of shape "
             f"{tuple(x.shape)} and y of shape {tuple(y.shape)}"
         )
-    if not _is_int(batch_size) or not 1 <= batch_size <= x.shape[0]:
-        raise (ValueError if _is_int(batch_size) else TypeError)(
-            f"epoch_batches: batch_size must be an int in [1, {x.shape[0]}] (the number of "
-            f"examples), got {batch_size!r}"
-        )
+    n = x.shape[0]
+    require_int(
+        "epoch_batches", "batch_size", batch_size, f"an int in [1, {n}] (the number of examples)",
+        at_least=1, at_most=n,
+    )  # fmt: skip
     steps = x.shape[0] // batch_size
     order = jax.random.permutation(epoch_key, x.shape[0])[: steps * batch_size]
     order = jnp.reshape(order, (steps, batch_size))
@@ -182,10 +173,7 @@ def diagnose(
             "diagnose: losses_finite must be a non-empty 1-D array of per-step flags, got "
             f"shape {np.shape(losses_finite)}"
         )
-    if not _is_int(epoch) or epoch < 1:
-        raise (ValueError if _is_int(epoch) else TypeError)(
-            f"diagnose: epoch must be a positive int (1-based), got {epoch!r}"
-        )
+    require_int("diagnose", "epoch", epoch, "a positive int (1-based)", at_least=1)
 
     flags = np.asarray(losses_finite)
     bad = int(np.argmin(flags)) if not flags.all() else len(flags)
@@ -272,10 +260,7 @@ def name_primitive(net: nn.Layer, loss: Rule, err: NonFiniteError) -> str:
             f"name_primitive: err must be the NonFiniteError raised by fit, got "
             f"{type(err).__name__}"
         )
-    try:
-        f = value_grad_and_deltas(net, loss, has_state=True)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"name_primitive: {e}") from None
+    f = prefix_errors("name_primitive", lambda: value_grad_and_deltas(net, loss, has_state=True))
     checked = checkify.checkify(f, errors=checkify.float_checks)
     found, _ = checked(err.params, err.state, err.x, err.y, err.key)
     message = found.get()

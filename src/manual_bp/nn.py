@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import require_array, require_ndim
+from ._checks import prefix_errors, require_array, require_ndim
 from ._registry import Rule
 from .rules import activations as _act
 from .rules import linear as _linear
@@ -292,16 +292,6 @@ def Dense(
     return Layer(name, "dense", {"features": features}, init, forward, backward, output_shape)
 
 
-def _prefix_errors(name: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a ValueError/TypeError it raises gets the layer's name in front."""
-    try:
-        return fn()
-    except (ValueError, TypeError) as e:
-        if type(e) not in (ValueError, TypeError):
-            raise
-        raise type(e)(f"{name}: {e}") from None
-
-
 def serial_backward(
     layers: Sequence[Layer],
     params: Params,
@@ -371,7 +361,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         tape = []
         for i, layer in enumerate(named):
             c = child_context(ctx, i, layer.name)
-            x, t = _prefix_errors(
+            x, t = prefix_errors(
                 layer.name, lambda x=x, layer=layer, c=c: layer.forward(params[layer.name], x, c)
             )
             if ctx is not None:

@@ -47,6 +47,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from ._checks import is_int, prefix_errors, require_int, require_leaves
 from ._registry import Rule
 from .grad import value_and_grad
 from .nn import Layer
@@ -80,10 +81,6 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 """The second mesh axis (``mesh_shape=(d, m)``), over which :func:`tensor_parallel_shardings`
 splits dense weights."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def parse_mesh_shape(text: str) -> tuple[int, ...]:
@@ -126,7 +123,7 @@ def data_parallel_mesh(
     available = jax.devices()
     if devices is None:
         chosen = list(available)
-    elif _is_int(devices):
+    elif is_int(devices):
         if not 1 <= devices <= len(available):
             raise ValueError(
                 f"data_parallel_mesh: asked for {devices} devices, but "
@@ -155,7 +152,7 @@ def data_parallel_mesh(
                 f"got {type(mesh_shape).__name__}"
             )
         shape = tuple(mesh_shape)
-        if not 1 <= len(shape) <= 2 or not all(_is_int(s) and s > 0 for s in shape):
+        if not 1 <= len(shape) <= 2 or not all(is_int(s) and s > 0 for s in shape):
             raise ValueError(
                 "data_parallel_mesh: mesh_shape must be (data,) or (data, model) of positive "
                 f"ints, got {tuple(mesh_shape)!r}"
@@ -185,35 +182,12 @@ def data_axis_size(mesh: Mesh) -> int:
     return int(_check_mesh("data_axis_size", mesh).shape[DATA_AXIS])
 
 
-def _prefixed(where: str, make: Callable[[], Any]) -> Any:
-    """``make()`` (``value_and_grad(net, loss, ...)``), its errors prefixed with ``where``."""
-    try:
-        return make()
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{where}: {e}") from None
-
-
 def _check_axis(where: str, axis: Any) -> None:
-    if not _is_int(axis) or axis < 0:
-        raise (ValueError if _is_int(axis) else TypeError)(
-            f"{where}: axis must be an int >= 0 (the batch axis), got {axis!r}"
-        )
+    require_int(where, "axis", axis, "an int >= 0 (the batch axis)", at_least=0)
 
 
 def _check_batch_size(where: str, batch_size: Any) -> None:
-    if not _is_int(batch_size) or batch_size < 1:
-        raise (ValueError if _is_int(batch_size) else TypeError)(
-            f"{where}: batch_size must be a positive int, got {batch_size!r}"
-        )
-
-
-def _check_leaves(where: str, tree: Any, what: str = "tree") -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
-            raise TypeError(
-                f"{where}: every leaf of {what} must be an array or a number, got "
-                f"{type(leaf).__name__} at {what}{jax.tree_util.keystr(path)}"
-            )
+    require_int(where, "batch_size", batch_size, "a positive int", at_least=1)
 
 
 def _check_batch(where: str, mesh: Mesh, batch: int) -> None:
@@ -243,7 +217,7 @@ def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf of ``tree`` (params, optimizer or network state) copied to every device."""
     _check_mesh("replicate", mesh)
-    _check_leaves("replicate", tree)
+    require_leaves("replicate", tree)
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
@@ -259,7 +233,7 @@ def shard_batch(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
     """
     _check_mesh("shard_batch", mesh)
     _check_axis("shard_batch", axis)
-    _check_leaves("shard_batch", tree)
+    require_leaves("shard_batch", tree)
     for leaf in jax.tree.leaves(tree):
         if np.ndim(leaf) <= axis:
             raise ValueError(
@@ -284,7 +258,7 @@ def constrain_batch(
         return tree
     _check_mesh(where, mesh)
     _check_axis(where, axis)
-    _check_leaves(where, tree)
+    require_leaves(where, tree)
     for leaf in jax.tree.leaves(tree):
         if np.ndim(leaf) <= axis:
             raise ValueError(
@@ -376,7 +350,7 @@ def data_parallel_value_and_grad(
       ValueError: (when traced) a batch size not divisible by the data axis.
     """
     _check_mesh(_DP, mesh)
-    f = _prefixed(_DP, lambda: value_and_grad(net, loss, has_state=has_state, train=train))
+    f = prefix_errors(_DP, lambda: value_and_grad(net, loss, has_state=has_state, train=train))
     replicated = NamedSharding(mesh, PartitionSpec())
 
     if has_state:
@@ -419,7 +393,7 @@ def shard_map_value_and_grad(
       ValueError: (when traced) a batch size not divisible by the data axis.
     """
     _check_mesh("shard_map_value_and_grad", mesh)
-    f = _prefixed(
+    f = prefix_errors(
         "shard_map_value_and_grad",
         lambda: value_and_grad(net, loss, has_state=has_state, train=train),
     )
@@ -499,7 +473,7 @@ def tensor_parallel_shardings(params: Any, mesh: Mesh) -> Any:
     replicated. The handwritten rules are unchanged: under ``jax.jit`` XLA partitions them.
     """
     _check_mesh("tensor_parallel_shardings", mesh)
-    _check_leaves("tensor_parallel_shardings", params, "params")
+    require_leaves("tensor_parallel_shardings", params, "params")
     m = int(mesh.shape.get(MODEL_AXIS, 1))
     rep = NamedSharding(mesh, PartitionSpec())
     if m == 1:
@@ -570,7 +544,7 @@ def state_shardings(state: Any, params: Any, shardings: Any, mesh: Mesh) -> Any:
     statistics, direct feedback's matrices) is replicated.
     """
     _check_mesh("state_shardings", mesh)
-    _check_leaves("state_shardings", state, "state")
+    require_leaves("state_shardings", state, "state")
     _check_shardings("state_shardings", params, shardings)
     rep = NamedSharding(mesh, PartitionSpec())
 
@@ -651,7 +625,7 @@ def initialize_distributed(
                     f"initialize_distributed: {name} from the environment must be an int, "
                     f"got {text!r}"
                 ) from None
-        if given is not None and not _is_int(given):
+        if given is not None and not is_int(given):
             raise TypeError(
                 f"initialize_distributed: {name} must be an int, got {type(given).__name__}"
             )
@@ -704,10 +678,7 @@ def cli_mesh(
       ValueError: one line naming the flag: too many devices, a shape that does not match
         ``devices``, or a ``batch_size`` not divisible by the data axis.
     """
-    if not _is_int(devices) or devices < 1:
-        raise (ValueError if _is_int(devices) else TypeError)(
-            f"cli_mesh: devices must be a positive int, got {devices!r}"
-        )
+    require_int("cli_mesh", "devices", devices, "a positive int", at_least=1)
     if mesh_shape is not None and not isinstance(mesh_shape, str):
         raise TypeError(
             f"cli_mesh: mesh_shape must be None or a str such as '4x2', got "

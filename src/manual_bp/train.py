@@ -22,6 +22,7 @@ import optax
 from jax import lax
 
 from . import credit, guard, nn
+from ._checks import is_int
 from ._fit_checks import check_fit_inputs
 from ._registry import Rule, get_rule
 from .data import Dataset
@@ -69,10 +70,6 @@ _RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 """Relative tolerance of :func:`verify_gradients`, by the least precise dtype compared."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def mlp(
     hidden: Sequence[int], num_classes: int, activation: str = "relu", dropout: float = 0.0
 ) -> nn.Layer:
@@ -84,10 +81,10 @@ def mlp(
     """
     if isinstance(hidden, str) or not isinstance(hidden, Sequence):
         raise TypeError(f"mlp: hidden must be a sequence of ints, got {type(hidden).__name__}")
-    bad = [h for h in hidden if not _is_int(h) or h <= 0]
+    bad = [h for h in hidden if not is_int(h) or h <= 0]
     if bad:
         raise ValueError(f"mlp: hidden sizes must be positive ints, got {list(hidden)!r}")
-    if not _is_int(num_classes) or num_classes <= 0:
+    if not is_int(num_classes) or num_classes <= 0:
         raise ValueError(f"mlp: num_classes must be a positive int, got {num_classes!r}")
     if activation not in ACTIVATIONS:
         known = ", ".join(ACTIVATIONS)
@@ -270,9 +267,9 @@ def fit(
         raise TypeError(f"fit: net must be a manual_bp.nn.Layer, got {type(net).__name__}")
     if not isinstance(data, Dataset):
         raise TypeError(f"fit: data must be a manual_bp.data.Dataset, got {type(data).__name__}")
-    if not _is_int(epochs) or epochs < 0:
+    if not is_int(epochs) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-    if not _is_int(batch_size) or batch_size <= 0:
+    if not is_int(batch_size) or batch_size <= 0:
         raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
     n = len(data.x_train)
     if len(data.y_train) != n:
@@ -342,7 +339,7 @@ def fit(
 
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-    if not _is_int(start_epoch) or not 0 <= start_epoch <= epochs:
+    if not is_int(start_epoch) or not 0 <= start_epoch <= epochs:
         raise ValueError(f"fit: start_epoch must be in [0, epochs={epochs}], got {start_epoch!r}")
     if opt_state is None:
         opt_state = optimizer.init(params)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import prefix_errors
 from ._registry import Rule, get_rule
 
 __all__ = [
@@ -137,14 +138,6 @@ def _f64(x: Any) -> np.ndarray:
 
 def _is_float(x: Any) -> bool:
     return jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _get_rule(where: str, rule: Any) -> Rule:
-    """:func:`get_rule`, its error prefixed with ``where``."""
-    try:
-        return get_rule(rule)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{where}: {e}") from None
 
 
 def _primal_names(rule: Rule, n: int) -> list[str]:
@@ -376,7 +369,7 @@ def check_rule(
     Returns:
       a :class:`RuleReport`; ``report.ok`` says whether every comparison passed.
     """
-    rule = _get_rule("check_rule", rule)
+    rule = prefix_errors("check_rule", lambda: get_rule(rule))
     primals = tuple(jnp.asarray(p) if isinstance(p, np.ndarray) else p for p in primals)
     for i, p in enumerate(primals):
         if not hasattr(p, "dtype") or not hasattr(p, "shape"):
@@ -765,7 +758,7 @@ def check_network(
         if not hasattr(a, "dtype") or not hasattr(a, "shape"):
             raise TypeError(f"check_network: {arg} must be an array, got {type(a).__name__}")
     _check_tolerance("check_network", tolerance)
-    loss = _get_rule("check_network", loss)
+    loss = prefix_errors("check_network", lambda: get_rule(loss))
     floats = [leaf for leaf in jax.tree.leaves(params) if _is_float(leaf)]
     dtype = np.dtype(x.dtype if _is_float(x) or not floats else floats[0].dtype)
     tol = tolerance if tolerance is not None else max(TOLERANCE.get(dtype.name, 1e-5), 1e-9) * 5
