@@ -14,7 +14,7 @@ import reference
 from _compare import assert_close, assert_matches_reference, random_cotangent, rng_for
 from manual_bp import check_network, nn, value_grad_and_deltas
 from manual_bp.rules.attention import multi_head_attention
-from manual_bp.rules.embedding import add_positions, embedding
+from manual_bp.rules import add_positions, embedding
 from manual_bp.rules.normalization import layer_norm
 
 VOCAB, T, FEATURES, BATCH = 7, 5, 8, 2

@@ -6,9 +6,9 @@ the output layer ∂C/∂z comes from the loss.
 """
 
 from . import credit, nn, parallel, per_example, rules
-from ._registry import RULES, Rule, get_rule, register
 from .adapter import as_custom_vjp
 from .grad import value_and_grad, value_grad_and_deltas
+from .rules import RULES, Rule, get_rule, register
 from .verify import (
     NetworkReport,
     RuleReport,

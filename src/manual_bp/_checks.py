@@ -86,6 +86,13 @@ def require_int(
         raise ValueError(f"{op}: {arg} must be {expected}, got {value!r}")
 
 
+def require_positive_int(op: str, arg: str, value: Any) -> int:
+    """``value`` as an int if it is a positive int (not a bool): TypeError if it is no int,
+    ValueError if it is below 1; the message says ``{op}: {arg} must be a positive int``."""
+    require_int(op, arg, value, "a positive int", at_least=1)
+    return int(value)
+
+
 def require_leaves(op: str, tree: Any, what: str = "tree") -> None:
     """Every leaf of ``tree`` is an array or a Python number; else name the first bad path."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):

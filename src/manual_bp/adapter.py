@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import prefix_errors
-from ._registry import Rule, get_rule
+from .rules import Rule, get_rule
 
 __all__ = ["as_custom_vjp"]
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import nn
-from ._registry import RULES
 from .audit_table import ROWS
+from .rules import RULES
 from .verify import check_network, check_rule
 
 __all__ = ["NETWORKS", "audit", "write_json"]

@@ -274,8 +274,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ._registry import RULES
     from .audit import audit, write_json
+    from .rules import RULES
 
     unknown = sorted(set(args.rule or ()) - set(RULES))
     if unknown:
@@ -371,7 +371,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import reference
 
     from ._interrupt import EXIT_INTERRUPTED, Interrupts
-    from ._registry import get_rule
     from .checkpoint import load_checkpoint, save_checkpoint
     from .credit import alignment
     from .data import load_dataset
@@ -379,6 +378,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .guard import EXIT_NON_FINITE, NonFiniteError, name_primitive
     from .parallel import cli_mesh
     from .report import PLOTS, layer_norms, read_metrics, write_metrics, write_plots
+    from .rules import get_rule
     from .train import build_model, fit, verify_gradients
 
     start = time.perf_counter()

@@ -34,7 +34,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._registry import Rule, get_rule
 from .nn import (
     Context,
     Layer,
@@ -47,6 +46,7 @@ from .nn import (
     serial,
 )
 from .nn import serial_backward as _serial_backward
+from .rules import Rule, get_rule
 
 __all__ = [
     "TRANSPORT",

@@ -7,8 +7,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ._registry import Rule, get_rule
 from .nn import Context, Layer, check_input, check_params, check_state, has_state
+from .rules import Rule, get_rule
 from .rules.stochastic import require_key
 
 __all__ = ["value_and_grad", "value_grad_and_deltas"]

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import nn
 from ._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
-from ._registry import Rule
+from .rules import Rule
 from .verify import _forward_order
 
 __all__ = [

@@ -48,9 +48,9 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ._checks import is_int, prefix_errors, require_int, require_leaves
-from ._registry import Rule
 from .grad import value_and_grad
 from .nn import Layer
+from .rules import Rule
 
 __all__ = [
     "DATA_AXIS",

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._registry import Rule, get_rule
 from .grad import value_and_grad
 from .nn import Layer, check_input, check_params, has_state
+from .rules import Rule, get_rule
 
 __all__ = ["clip_per_example", "gradient_statistics", "per_example_grads"]
 

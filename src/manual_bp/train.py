@@ -24,10 +24,10 @@ from jax import lax
 from . import credit, guard, nn
 from ._checks import is_int
 from ._fit_checks import check_fit_inputs
-from ._registry import Rule, get_rule
 from .data import Dataset
 from .grad import _backprop, value_and_grad, value_grad_and_deltas
 from .parallel import constrain_batch, place_for_fit
+from .rules import Rule, get_rule
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,17 +40,8 @@ __all__ = [
     "verify_gradients",
 ]
 
-ACTIVATIONS: dict[str, Callable[[], nn.Layer]] = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.Relu,
-    "leaky_relu": nn.LeakyRelu,
-    "elu": nn.Elu,
-    "gelu": nn.Gelu,
-    "softplus": nn.Softplus,
-    "silu": nn.Silu,
-}
-"""The activation layers :func:`mlp` accepts, by name."""
+ACTIVATIONS = nn.ACTIVATIONS
+mlp = nn.mlp
 
 GradFn = Callable[..., Callable[..., tuple[Any, Any]]]
 
@@ -68,33 +59,6 @@ class FitResult(NamedTuple):
 
 _RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 """Relative tolerance of :func:`verify_gradients`, by the least precise dtype compared."""
-
-
-def mlp(
-    hidden: Sequence[int], num_classes: int, activation: str = "relu", dropout: float = 0.0
-) -> nn.Layer:
-    """A multilayer perceptron: ``serial(Dense(h₁), act, ..., Dense(h_k), act, Dense(c))``.
-
-    Layers are named by position (``dense_0``, ``relu_1``, ..., ``dense_{2k}``). An empty
-    ``hidden`` gives a linear model. ``activation`` is one of :data:`ACTIVATIONS`.
-    ``dropout`` > 0 puts a :func:`~manual_bp.nn.Dropout` after every hidden activation.
-    """
-    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
-        raise TypeError(f"mlp: hidden must be a sequence of ints, got {type(hidden).__name__}")
-    bad = [h for h in hidden if not is_int(h) or h <= 0]
-    if bad:
-        raise ValueError(f"mlp: hidden sizes must be positive ints, got {list(hidden)!r}")
-    if not is_int(num_classes) or num_classes <= 0:
-        raise ValueError(f"mlp: num_classes must be a positive int, got {num_classes!r}")
-    if activation not in ACTIVATIONS:
-        known = ", ".join(ACTIVATIONS)
-        raise ValueError(f"mlp: unknown activation {activation!r}; choose one of: {known}")
-    drop = [nn.Dropout(dropout)] if dropout else []
-    layers: list[nn.Layer] = []
-    for h in hidden:
-        layers += [nn.Dense(int(h)), ACTIVATIONS[activation](), *drop]
-    layers.append(nn.Dense(int(num_classes)))
-    return nn.serial(*layers)
 
 
 MODELS = ("mlp", "cnn", "lstm", "gru")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import prefix_errors
-from ._registry import Rule, get_rule
+from .rules import Rule, get_rule
 
 __all__ = [
     "Comparison",
@@ -520,7 +520,7 @@ def check_rule(
 
 def _reference_forward(rule: Rule):
     """The reference forward of a registered rule, or None for a rule of the user's own."""
-    from ._registry import RULES
+    from .rules import RULES
 
     if RULES.get(rule.name) is not rule:
         return None

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import require_float
-from .._registry import register
+from .contract import register
 
 __all__ = ["elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
 

@@ -33,7 +33,7 @@ from .._checks import (
     require_same_dtype,
     require_shape,
 )
-from .._registry import register
+from .contract import register
 
 __all__ = ["multi_head_attention"]
 

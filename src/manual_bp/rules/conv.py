@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
-from .._registry import register
+from .contract import register
 
 __all__ = ["avg_pool2d", "conv2d", "flatten", "max_pool2d"]
 
@@ -41,7 +41,7 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 # ---- settings: checked once, shared by forward and backward --------------------------------
 
 
-def _pair(op: str, arg: str, value: Any) -> tuple[int, int]:
+def pair(op: str, arg: str, value: Any) -> tuple[int, int]:
     """An int or a pair of ints, each positive, as a pair."""
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         value = (value, value)
@@ -56,7 +56,7 @@ def _pair(op: str, arg: str, value: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _padding_spec(op: str, padding: Any) -> str | Pads:
+def padding_spec(op: str, padding: Any) -> str | Pads:
     """``"SAME"``, ``"VALID"`` or ((top, bottom), (left, right)) of non-negative ints."""
     if isinstance(padding, str):
         if padding in ("SAME", "VALID"):
@@ -121,10 +121,10 @@ def _geometry(op: str, size, window, strides, padding: str | Pads, what: str) ->
     return _Geometry(tuple(size), tuple(window), tuple(strides), pads, out)
 
 
-def _conv_geometry(x_shape, w_shape, strides, padding, dilation) -> _Geometry:
-    strides = _pair("conv2d", "strides", strides)
-    dilation = _pair("conv2d", "dilation", dilation)
-    padding = _padding_spec("conv2d", padding)
+def conv_geometry(x_shape, w_shape, strides, padding, dilation) -> _Geometry:
+    strides = pair("conv2d", "strides", strides)
+    dilation = pair("conv2d", "dilation", dilation)
+    padding = padding_spec("conv2d", padding)
     window = tuple((k - 1) * d + 1 for k, d in zip(w_shape[:2], dilation, strict=True))
     what = f"kernel {tuple(w_shape[:2])}"
     if dilation != (1, 1):
@@ -132,10 +132,10 @@ def _conv_geometry(x_shape, w_shape, strides, padding, dilation) -> _Geometry:
     return _geometry("conv2d", x_shape[1:3], window, strides, padding, what)
 
 
-def _pool_geometry(op: str, x_shape, window, strides, padding) -> _Geometry:
-    window = _pair(op, "window", window)
-    strides = window if strides is None else _pair(op, "strides", strides)
-    padding = _padding_spec(op, padding)
+def pool_geometry(op: str, x_shape, window, strides, padding) -> _Geometry:
+    window = pair(op, "window", window)
+    strides = window if strides is None else pair(op, "strides", strides)
+    padding = padding_spec(op, padding)
     if not isinstance(padding, str) and any(
         v >= k for (lo, hi), k in zip(padding, window, strict=True) for v in (lo, hi)
     ):
@@ -185,13 +185,13 @@ def _conv2d_fwd(x, w, b, *, strides=(1, 1), padding="SAME", dilation=(1, 1), gro
             f"for x of shape {tuple(x.shape)} and groups={groups}, got {tuple(w.shape)}"
         )
     require_shape("conv2d", "b", b, (o,))
-    geo = _conv_geometry(x.shape, w.shape, strides, padding, dilation)
+    geo = conv_geometry(x.shape, w.shape, strides, padding, dilation)
     y = lax.conv_general_dilated(
         x,
         w,
         geo.strides,
         geo.pads,
-        rhs_dilation=_pair("conv2d", "dilation", dilation),
+        rhs_dilation=pair("conv2d", "dilation", dilation),
         dimension_numbers=_NHWC,
         feature_group_count=int(groups),
     )
@@ -205,8 +205,8 @@ def _conv2d_bwd(res, g, *, strides=(1, 1), padding="SAME", dilation=(1, 1), grou
     """
     x, w = res
     kh, kw, cg, o = w.shape
-    dilation = _pair("conv2d", "dilation", dilation)
-    geo = _conv_geometry(x.shape, w.shape, strides, padding, dilation)
+    dilation = pair("conv2d", "dilation", dilation)
+    geo = conv_geometry(x.shape, w.shape, strides, padding, dilation)
 
     # dx[h] = Σ_{p,i: p·s + i·d = h + lo} g[p] w[i]: g dilated by s (zeros between rows),
     # padded so every (p, i) pair lands, correlated with the flipped kernel with each group's
@@ -303,7 +303,7 @@ def _max_pool2d_fwd(x, *, window=(2, 2), strides=None, padding="VALID"):
     its window (ties go to the earliest entry), and x's shape.
     """
     _require_nhwc("max_pool2d", x)
-    geo = _pool_geometry("max_pool2d", x.shape, window, strides, padding)
+    geo = pool_geometry("max_pool2d", x.shape, window, strides, padding)
     xp = lax.pad(x, jnp.asarray(-jnp.inf, x.dtype), _pad4(geo))
     offsets = _offsets(geo)
     y = _window(xp, *offsets[0], geo)
@@ -322,7 +322,7 @@ def _max_pool2d_bwd(res, g, *, window=(2, 2), strides=None, padding="VALID"):
     Overlapping windows add up; a tied maximum gets nothing unless it comes first.
     """
     arg, token = res
-    geo = _pool_geometry("max_pool2d", token.shape[:4], window, strides, padding)
+    geo = pool_geometry("max_pool2d", token.shape[:4], window, strides, padding)
     zero = jnp.zeros((), g.dtype)
     dx = sum(
         _unwindow(jnp.where(arg == k, g, zero), i, j, geo) for k, (i, j) in enumerate(_offsets(geo))
@@ -354,7 +354,7 @@ def _avg_pool2d_fwd(x, *, window=(2, 2), strides=None, padding="VALID"):
     The residual is x's shape alone.
     """
     _require_nhwc("avg_pool2d", x)
-    geo = _pool_geometry("avg_pool2d", x.shape, window, strides, padding)
+    geo = pool_geometry("avg_pool2d", x.shape, window, strides, padding)
     (kh, kw), (sh, sw) = geo.window, geo.strides
     pads = tuple((lo, hi) for lo, hi, _ in _pad4(geo))
     total = lax.reduce_window(x, 0.0, lax.add, (1, kh, kw, 1), (1, sh, sw, 1), pads)
@@ -365,7 +365,7 @@ def _avg_pool2d_fwd(x, *, window=(2, 2), strides=None, padding="VALID"):
 def _avg_pool2d_bwd(res, g, *, window=(2, 2), strides=None, padding="VALID"):
     """dx[n,h,w,c] = Σ_{(p,q): (h,w) ∈ W(p,q)} g[n,p,q,c] / |W(p,q)|."""
     (token,) = res
-    geo = _pool_geometry("avg_pool2d", token.shape[:4], window, strides, padding)
+    geo = pool_geometry("avg_pool2d", token.shape[:4], window, strides, padding)
     g_per_entry = g / jnp.asarray(_window_counts(geo).reshape((1, *geo.out, 1)), g.dtype)
     dx = sum(_unwindow(g_per_entry, i, j, geo) for i, j in _offsets(geo))
     return (dx,)

@@ -11,7 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
-from .._registry import register
+from .contract import register
 
 __all__ = ["dense", "matmul"]
 

@@ -18,8 +18,8 @@ from .._checks import (
     require_same_dtype,
     require_shape,
 )
-from .._registry import register
-from .softmax import _log_softmax_fwd
+from .contract import register
+from .probabilities import log_softmax_fwd
 
 __all__ = ["mse", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
 
@@ -65,13 +65,13 @@ def _softmax_cross_entropy_fwd(logits, labels):
     require_array(op, "labels", labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         require_shape(op, "integer labels", labels, tuple(logits.shape[:-1]))
-        logp, _ = _log_softmax_fwd(logits, axis=-1)
+        logp, _ = log_softmax_fwd(logits, axis=-1)
         picked = jnp.take_along_axis(logp, labels[..., None], axis=-1, mode="fill")
         return -jnp.mean(picked), (logp, labels)
     require_float(op, "labels (integer ids or probability targets)", labels)
     require_same_dtype(op, logits=logits, labels=labels)
     require_shape(op, "probability targets", labels, tuple(logits.shape))
-    logp, _ = _log_softmax_fwd(logits, axis=-1)
+    logp, _ = log_softmax_fwd(logits, axis=-1)
     return -jnp.sum(labels * logp) / (logp.size // logp.shape[-1]), (logp, labels)
 
 

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
-from .._registry import register
+from .contract import register
 
 __all__ = ["batch_moments", "batch_norm", "batch_norm_inference", "layer_norm", "rms_norm"]
 
 
-def _require_eps(op: str, eps: Any) -> float:
+def require_eps(op: str, eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
         raise ValueError(f"{op}: eps must be a positive Python number, got {eps!r}")
     return float(eps)
@@ -51,7 +51,7 @@ def _layer_norm_fwd(x, gamma, beta, *, eps=1e-5):
     The residuals are x̂, r and γ.
     """
     _check("layer_norm", x, gamma=gamma, beta=beta)
-    eps = _require_eps("layer_norm", eps)
+    eps = require_eps("layer_norm", eps)
     xc = x - jnp.mean(x, axis=-1, keepdims=True)
     r = lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + eps)
     xhat = xc * r
@@ -76,7 +76,7 @@ layer_norm = register("layer_norm", _layer_norm_fwd, _layer_norm_bwd)
 def _rms_norm_fwd(x, gamma, *, eps=1e-6):
     """y = x̂ γ,  x̂ = x r,  r = 1/√(mean_d x² + ε); the residuals are x̂, r and γ."""
     _check("rms_norm", x, gamma=gamma)
-    eps = _require_eps("rms_norm", eps)
+    eps = require_eps("rms_norm", eps)
     r = lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
     xhat = x * r
     return xhat * _row(gamma, x.ndim), (xhat, r, gamma)
@@ -107,7 +107,7 @@ def _batch_norm_fwd(x, gamma, beta, *, eps=1e-5):
     """Training mode: y = x̂ γ + β,  x̂ = (x − μ) r,  r = 1/√(σ² + ε), with μ, σ² the batch's
     own per-feature statistics (:func:`batch_moments`). The residuals are x̂, r (D,) and γ."""
     _check("batch_norm", x, gamma=gamma, beta=beta)
-    eps = _require_eps("batch_norm", eps)
+    eps = require_eps("batch_norm", eps)
     mean, var = batch_moments(x)
     r = lax.rsqrt(var + eps)
     xhat = (x - _row(mean, x.ndim)) * _row(r, x.ndim)
@@ -137,7 +137,7 @@ def _batch_norm_inference_fwd(x, mean, var, gamma, beta, *, eps=1e-5):
     """Evaluation mode: y = x̂ γ + β,  x̂ = (x − μ) r,  r = 1/√(v + ε), with fixed per-feature
     statistics μ = ``mean`` and v = ``var`` (the running averages). The residuals are x̂, r, γ."""
     _check("batch_norm_inference", x, mean=mean, var=var, gamma=gamma, beta=beta)
-    eps = _require_eps("batch_norm_inference", eps)
+    eps = require_eps("batch_norm_inference", eps)
     r = lax.rsqrt(var + eps)
     xhat = (x - _row(mean, x.ndim)) * _row(r, x.ndim)
     return xhat * _row(gamma, x.ndim) + _row(beta, x.ndim), (xhat, r, gamma)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
-from .._registry import register
+from .contract import register
 
 __all__ = ["gru", "last_step", "lstm", "rnn"]
 

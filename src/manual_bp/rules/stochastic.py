@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import require_array, require_float
-from .._registry import register
+from .contract import register
 
 __all__ = ["dropout"]
 

@@ -1,5 +1,5 @@
-"""Layers of the conv family (re-exported by :mod:`manual_bp.nn`): ``Conv2D``, ``MaxPool2D``,
-``AvgPool2D``, ``Flatten`` and the small ``LeNet`` built from them.
+"""Layers of the conv family (part of :mod:`manual_bp.nn`): ``Conv2D``, ``MaxPool2D``,
+``AvgPool2D`` and ``Flatten``.
 
 Images are NHWC (N, H, W, C); kernels are HWIO (kh, kw, C / groups, O).
 """
@@ -13,27 +13,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._nn_modes import BatchNorm, Dropout
-from ._registry import Rule
-from .nn import (
-    Dense,
-    Elu,
-    Gelu,
-    Layer,
-    LeakyRelu,
-    Relu,
-    Sigmoid,
-    Silu,
-    Softplus,
-    Tanh,
-    _parameter_free,
-    serial,
-)
-from .rules import conv as _conv
+from .._checks import require_positive_int
+from ..rules import Rule
+from ..rules import conv as _conv
+from .core import Layer, Shape, parameter_free
 
-__all__ = ["AvgPool2D", "Conv2D", "Flatten", "LeNet", "MaxPool2D"]
-
-Shape = tuple[int, ...]
+__all__ = ["AvgPool2D", "Conv2D", "Flatten", "MaxPool2D"]
 
 
 def _require_nhwc_shape(op: str, input_shape: Shape) -> Shape:
@@ -80,15 +65,13 @@ def Conv2D(
     As for :func:`~manual_bp.nn.Dense`, the tape is the input activation ``a`` alone (∂z/∂w is
     built from it) and ``w`` comes from the parameters in the backward pass.
     """
-    if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
-        raise ValueError(f"Conv2D: features must be a positive int, got {features!r}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-        raise ValueError(f"Conv2D: groups must be a positive int, got {groups!r}")
-    kernel_size = _conv._pair("Conv2D", "kernel_size", kernel_size)
+    features = require_positive_int("Conv2D", "features", features)
+    groups = require_positive_int("Conv2D", "groups", groups)
+    kernel_size = _conv.pair("Conv2D", "kernel_size", kernel_size)
     static = {
-        "strides": _conv._pair("Conv2D", "strides", strides),
-        "padding": _conv._padding_spec("Conv2D", padding),
-        "dilation": _conv._pair("Conv2D", "dilation", dilation),
+        "strides": _conv.pair("Conv2D", "strides", strides),
+        "padding": _conv.padding_spec("Conv2D", padding),
+        "dilation": _conv.pair("Conv2D", "dilation", dilation),
         "groups": groups,
     }
     if features % groups:
@@ -132,7 +115,7 @@ def Conv2D(
         return ({"w": dw, "b": db} if use_bias else {"w": dw}), {}, da
 
     def output_shape(input_shape):
-        geometry = lambda s: _conv._conv_geometry(  # noqa: E731
+        geometry = lambda s: _conv.conv_geometry(  # noqa: E731
             s, w_shape(s), static["strides"], static["padding"], static["dilation"]
         )
         return (*_spatial_out("Conv2D", input_shape, geometry), features)
@@ -144,20 +127,20 @@ def Conv2D(
 def _Pool(
     op: str, kind: str, rule: Rule, window: Any, strides: Any, padding: Any, name: str | None
 ) -> Layer:
-    window = _conv._pair(op, "window", window)
+    window = _conv.pair(op, "window", window)
     static = {
         "window": window,
-        "strides": window if strides is None else _conv._pair(op, "strides", strides),
-        "padding": _conv._padding_spec(op, padding),
+        "strides": window if strides is None else _conv.pair(op, "strides", strides),
+        "padding": _conv.padding_spec(op, padding),
     }
     # padding vs window (explicit padding smaller than the window) needs no input shape
-    _conv._pool_geometry(op, (1, *static["window"], 1), **static)
+    _conv.pool_geometry(op, (1, *static["window"], 1), **static)
 
     def output_shape(input_shape):
-        geometry = lambda s: _conv._pool_geometry(op, s, **static)  # noqa: E731
+        geometry = lambda s: _conv.pool_geometry(op, s, **static)  # noqa: E731
         return (*_spatial_out(op, input_shape, geometry), tuple(input_shape)[3])
 
-    return _parameter_free(kind, rule, name, output_shape, **static)
+    return parameter_free(kind, rule, name, output_shape, **static)
 
 
 def MaxPool2D(
@@ -201,74 +184,4 @@ def Flatten(*, name: str | None = None) -> Layer:
             )
         return (input_shape[0], math.prod(input_shape[1:]))
 
-    return _parameter_free("flatten", _conv.flatten, name, output_shape)
-
-
-_ACTIVATIONS: dict[str, Callable[[], Layer]] = {
-    "relu": Relu,
-    "tanh": Tanh,
-    "sigmoid": Sigmoid,
-    "elu": Elu,
-    "gelu": Gelu,
-    "silu": Silu,
-    "softplus": Softplus,
-    "leaky_relu": LeakyRelu,
-}
-
-
-def LeNet(
-    num_classes: int = 10,
-    *,
-    channels: tuple[int, int] = (6, 16),
-    hidden: int = 64,
-    activation: str = "relu",
-    kernel_size: tuple[int, int] = (3, 3),
-    pool: tuple[int, int] = (2, 2),
-    batch_norm: bool = True,
-    dropout: float = 0.0,
-    name: str | None = None,
-) -> Layer:
-    """A LeNet-style classifier for small NHWC images (e.g. the (N, 8, 8, 1) digits):
-
-    conv k SAME (no bias) → batch norm → act → max-pool p → conv k SAME (no bias) → batch norm →
-    act → max-pool p → flatten → dense(hidden) → act → [dropout] → dense(num_classes), returning
-    logits;
-    k = ``kernel_size`` (3×3), p = ``pool`` (2×2). For 1-D signals laid out as (N, L, 1, 1) use
-    e.g. k = (5, 1), p = (2, 1). ``batch_norm=False`` leaves the normalizations out (the
-    network then has no state); ``dropout`` > 0 adds a :func:`~manual_bp.nn.Dropout` before
-    the last dense layer.
-    """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"LeNet: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-        )
-    if (
-        not isinstance(channels, tuple | list)
-        or len(channels) != 2
-        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
-    ):
-        raise ValueError(f"LeNet: channels must be two positive ints, got {channels!r}")
-    for arg, v in (("num_classes", num_classes), ("hidden", hidden)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"LeNet: {arg} must be a positive int, got {v!r}")
-    if not isinstance(batch_norm, bool):
-        raise TypeError(f"LeNet: batch_norm must be a bool, got {batch_norm!r}")
-    act = _ACTIVATIONS[activation]
-    norm = [BatchNorm] if batch_norm else []
-    drop = [Dropout(dropout)] if dropout else []
-    return serial(
-        Conv2D(channels[0], tuple(kernel_size), use_bias=not batch_norm),
-        *[n() for n in norm],
-        act(),
-        MaxPool2D(tuple(pool)),
-        Conv2D(channels[1], tuple(kernel_size), use_bias=not batch_norm),
-        *[n() for n in norm],
-        act(),
-        MaxPool2D(tuple(pool)),
-        Flatten(),
-        Dense(hidden),
-        act(),
-        *drop,
-        Dense(num_classes),
-        name=name,
-    )
+    return parameter_free("flatten", _conv.flatten, name, output_shape)

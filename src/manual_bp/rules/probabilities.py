@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import normalize_axis, require_float
-from .._registry import register
+from .contract import register
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
@@ -41,7 +41,7 @@ def _softmax_bwd(res, g, *, axis=-1):
 softmax = register("softmax", _softmax_fwd, _softmax_bwd)
 
 
-def _log_softmax_fwd(z, *, axis=-1):
+def log_softmax_fwd(z, *, axis=-1):
     """y_i = z_i − logsumexp(z) along ``axis``; the residual is y."""
     s, _, axis = _shifted("log_softmax", z, axis)
     y = s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
@@ -54,7 +54,7 @@ def _log_softmax_bwd(res, g, *, axis=-1):
     return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
 
 
-log_softmax = register("log_softmax", _log_softmax_fwd, _log_softmax_bwd)
+log_softmax = register("log_softmax", log_softmax_fwd, _log_softmax_bwd)
 
 
 def _logsumexp_fwd(z, *, axis=-1):

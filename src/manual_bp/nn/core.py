@@ -37,38 +37,40 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import prefix_errors, require_array, require_ndim
-from ._registry import Rule
-from .rules import activations as _act
-from .rules import linear as _linear
-from .rules import stochastic as _stochastic
-from .rules.softmax import log_softmax as _log_softmax_rule
-from .rules.softmax import softmax as _softmax_rule
+from .._checks import prefix_errors, require_array, require_ndim
+from ..rules import Rule
+from ..rules.stochastic import require_key
 
 __all__ = [
     "Context",
-    "Dense",
-    "Elu",
-    "Gelu",
     "Layer",
-    "LeakyRelu",
-    "LogSoftmax",
-    "Relu",
-    "Sigmoid",
-    "Silu",
-    "Softmax",
-    "Softplus",
-    "Tanh",
+    "Params",
+    "Shape",
+    "State",
+    "Tape",
+    "check_context",
+    "check_input",
+    "check_layer_name",
     "check_params",
     "check_state",
+    "child_context",
     "has_state",
+    "parameter_free",
+    "residual",
+    "same_shape",
     "serial",
+    "serial_backward",
 ]
 
 Shape = tuple[int, ...]
 Params = Any
 State = Any
 Tape = Any
+
+
+def same_shape(shape: Shape) -> Shape:
+    """The output shape of a shape-preserving layer."""
+    return tuple(shape)
 
 
 class Context(NamedTuple):
@@ -126,7 +128,7 @@ def check_context(op: str, ctx: Any) -> Context | None:
             f"got {type(ctx.train).__name__} {ctx.train!r}"
         )
     if ctx.key is not None:
-        _stochastic.require_key(f"{op}: Context", ctx.key)
+        require_key(f"{op}: Context", ctx.key)
     if ctx.state is not None and not isinstance(ctx.state, Mapping):
         raise TypeError(
             f"{op}: Context.state must be a dict (net.init_state(...)) or None, "
@@ -177,13 +179,7 @@ class Layer(NamedTuple):
     state_of: Callable[[Tape], State] = _no_new_state
 
 
-def _elementwise(kind: str, rule: Rule, name: str | None, **static: Any) -> Layer:
-    """A shape-preserving parameter-free layer; its static settings are checked right away."""
-    jax.eval_shape(lambda z: rule.fwd(z, **static), jax.ShapeDtypeStruct((1,), jnp.float32))
-    return _parameter_free(kind, rule, name, lambda shape: tuple(shape), **static)
-
-
-def _parameter_free(
+def parameter_free(
     kind: str, rule: Rule, name: str | None, output_shape: Callable[[Shape], Shape], **static: Any
 ) -> Layer:
     """A parameter-free layer that applies one single-input rule; its tape is the residuals."""
@@ -202,94 +198,6 @@ def _parameter_free(
         return {}, {}, dx
 
     return Layer(name, kind, dict(static), init, forward, backward, output_shape)
-
-
-def Sigmoid(*, name: str | None = None) -> Layer:
-    """a = σ(z) = 1 / (1 + e^{−z})."""
-    return _elementwise("sigmoid", _act.sigmoid, name)
-
-
-def Tanh(*, name: str | None = None) -> Layer:
-    """a = tanh z."""
-    return _elementwise("tanh", _act.tanh, name)
-
-
-def Relu(*, name: str | None = None) -> Layer:
-    """a = max(z, 0), with relu'(0) = 0."""
-    return _elementwise("relu", _act.relu, name)
-
-
-def LeakyRelu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
-    """a = z if z > 0 else s·z."""
-    return _elementwise("leaky_relu", _act.leaky_relu, name, negative_slope=negative_slope)
-
-
-def Elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
-    """a = z if z > 0 else α(e^z − 1)."""
-    return _elementwise("elu", _act.elu, name, alpha=alpha)
-
-
-def Gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
-    """a = z Φ(z), or its tanh approximation."""
-    return _elementwise("gelu", _act.gelu, name, approximate=approximate)
-
-
-def Softplus(*, name: str | None = None) -> Layer:
-    """a = log(1 + e^z)."""
-    return _elementwise("softplus", _act.softplus, name)
-
-
-def Silu(*, name: str | None = None) -> Layer:
-    """a = z σ(z)."""
-    return _elementwise("silu", _act.silu, name)
-
-
-def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
-    """a = softmax(z) along ``axis``."""
-    return _elementwise("softmax", _softmax_rule, name, axis=axis)
-
-
-def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
-    """a = log softmax(z) along ``axis``."""
-    return _elementwise("log_softmax", _log_softmax_rule, name, axis=axis)
-
-
-def Dense(
-    features: int,
-    *,
-    w_init: Callable[..., Any] | None = None,
-    name: str | None = None,
-) -> Layer:
-    """z = a W + b over any leading batch dims: the lecture's weighted sum.
-
-    ``params = {"w": (i, o), "b": (o,)}``; ``w`` starts from ``w_init(key, (i, o), dtype)``
-    (default LeCun normal, variance 1/i), ``b`` at zero. The tape is the input activation
-    ``a`` alone: ∂z/∂w = a, and W comes from the parameters in the backward pass.
-    """
-    if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
-        raise ValueError(f"Dense: features must be a positive int, got {features!r}")
-    w_init = w_init or jax.nn.initializers.lecun_normal()
-
-    def init(key, input_shape, dtype=jnp.float32):
-        if len(input_shape) < 1:
-            raise ValueError(f"Dense: input_shape must have rank >= 1, got {tuple(input_shape)}")
-        return {
-            "w": w_init(key, (int(input_shape[-1]), features), dtype),
-            "b": jnp.zeros((features,), dtype),
-        }
-
-    def forward(params, x, ctx=None):
-        z, (a, _) = _linear.dense.fwd(x, params["w"], params["b"])
-        return z, a
-
-    def backward(params, tape, dz):
-        da, dw, db = _linear.dense.bwd((tape, params["w"]), dz)
-        return {"w": dw, "b": db}, {}, da
-
-    def output_shape(input_shape):
-        return (*tuple(input_shape)[:-1], features)
-
-    return Layer(name, "dense", {"features": features}, init, forward, backward, output_shape)
 
 
 def serial_backward(
@@ -386,6 +294,55 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     )
 
 
+def residual(block: Layer, *, name: str | None = None) -> Layer:
+    """y = x + block(x): a skip connection around ``block`` (whose output has x's shape).
+
+    x feeds two paths, so ∂C/∂x is their sum (the lecture's sum over every path):
+    dx = dy + block's dx. ``params = {block.name: block params}``; an unnamed block is named
+    ``f"{block.kind}_0"``; the block runs in the context ``ctx.child(0, block.name)``.
+    ``deltas`` holds ``block.name`` → dy (∂C/∂(block output) = ∂C/∂y)
+    and the block's own deltas under ``block.name + "/"``.
+    """
+    if not isinstance(block, Layer):
+        raise TypeError(f"residual: block must be a manual_bp.nn.Layer, got {block!r}")
+    check_layer_name("residual", name)
+    check_layer_name("residual: block", block.name)
+    block = block if block.name else block._replace(name=f"{block.kind}_0")
+    b = block.name
+
+    def init(key, input_shape, dtype=jnp.float32):
+        out = block.output_shape(tuple(input_shape))
+        if tuple(out) != tuple(input_shape):
+            raise ValueError(
+                f"residual: block {b!r} must keep the input shape {tuple(input_shape)}, "
+                f"its output is {tuple(out)}"
+            )
+        return {b: block.init(key, input_shape, dtype)}
+
+    def init_state(key, input_shape, dtype=jnp.float32):
+        return {b: block.init_state(key, input_shape, dtype)}
+
+    def forward(params, x, ctx=None):
+        check_context(name or "residual", ctx)
+        h, tape = block.forward(params[b], x, child_context(ctx, 0, b))
+        if ctx is not None:
+            ctx.tap(b, h)
+        return x + h, tape
+
+    def state_of(tape):
+        return {b: block.state_of(tape)}
+
+    def backward(params, tape, dy):
+        grads, inner, dx_block = block.backward(params[b], tape, dy)
+        deltas = {f"{b}/{k}": v for k, v in inner.items()}
+        deltas[b] = dy
+        return {b: grads}, deltas, dy + dx_block  # both paths into x
+
+    return Layer(
+        name, "residual", {}, init, forward, backward, same_shape, (block,), init_state, state_of
+    )
+
+
 def _describe(x: Any) -> str:
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return f"array of shape {tuple(x.shape)} and dtype {x.dtype}"
@@ -458,13 +415,3 @@ def check_input(net: Layer, x: Any) -> None:
     op = net.name or net.kind
     require_array(op, "x", x)
     require_ndim(op, "x", x, at_least=1)
-
-
-# ---- layer families: each module lists its public layers in __all__ ------------------------
-from . import _nn_conv, _nn_modes, _nn_recurrent, _nn_transformer  # noqa: E402
-from ._nn_conv import *  # noqa: E402, F403
-from ._nn_modes import *  # noqa: E402, F403
-from ._nn_recurrent import *  # noqa: E402, F403
-from ._nn_transformer import *  # noqa: E402, F403
-
-__all__ += _nn_conv.__all__ + _nn_modes.__all__ + _nn_recurrent.__all__ + _nn_transformer.__all__

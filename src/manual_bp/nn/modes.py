@@ -1,4 +1,4 @@
-"""Layers that behave differently in training and evaluation (re-exported by
+"""Layers that behave differently in training and evaluation (part of
 :mod:`manual_bp.nn`): :func:`BatchNorm` (batch statistics and running statistics as state) and
 :func:`Dropout` (a random mask drawn from the context's key).
 
@@ -12,15 +12,11 @@ import math
 
 import jax.numpy as jnp
 
-from .nn import Layer, check_context
-from .rules import normalization as _norm
-from .rules import stochastic as _dropout
+from ..rules import normalization as _norm
+from ..rules import stochastic as _dropout
+from .core import Layer, check_context, same_shape
 
 __all__ = ["BatchNorm", "Dropout"]
-
-
-def _same_shape(shape):
-    return tuple(shape)
 
 
 def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = None) -> Layer:
@@ -43,7 +39,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
 
     Both modes need the state (``Context(state=...)``); nothing is updated in place.
     """
-    eps = _norm._require_eps("BatchNorm", eps)
+    eps = _norm.require_eps("BatchNorm", eps)
     if isinstance(momentum, bool) or not isinstance(momentum, int | float):
         raise TypeError(f"BatchNorm: momentum must be a Python number in [0, 1], got {momentum!r}")
     if not 0.0 <= momentum <= 1.0:
@@ -115,7 +111,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
         init,
         forward,
         backward,
-        _same_shape,
+        same_shape,
         (),
         init_state,
         state_of,
@@ -153,4 +149,4 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         dx, _ = _dropout.dropout.bwd((tape["scale"],), dy, rate=rate)
         return {}, {}, dx
 
-    return Layer(name, "dropout", {"rate": rate}, init, forward, backward, _same_shape)
+    return Layer(name, "dropout", {"rate": rate}, init, forward, backward, same_shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .._checks import require_float, require_integer, require_ndim, require_same_dtype
-from .._registry import register
+from .contract import register
 
 __all__ = ["add_positions", "embedding"]
 

@@ -1,4 +1,4 @@
-"""Layers of the recurrent family (re-exported by :mod:`manual_bp.nn`).
+"""Layers of the recurrent family (part of :mod:`manual_bp.nn`).
 
 ``RNN``, ``LSTM`` and ``GRU`` map a batch-major sequence x (N, T, I) to the full hidden
 sequence hs (N, T, H). Each learns its initial state h0 (and c0) of shape (H,), starting at
@@ -14,11 +14,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import require_ndim
-from .nn import Dense, Layer, _parameter_free, serial
-from .rules import recurrent as _rec
+from .._checks import require_ndim, require_positive_int
+from ..rules import recurrent as _rec
+from .core import Layer, parameter_free
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUClassifier", "LSTMClassifier", "LastStep"]
+__all__ = ["GRU", "LSTM", "RNN", "LastStep"]
 
 _STATES = {"rnn": ("h0",), "lstm": ("h0", "c0"), "gru": ("h0",)}
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -27,8 +27,7 @@ _BIASES = {"rnn": ("b",), "lstm": ("b",), "gru": ("b_x", "b_h")}
 
 def _recurrent(kind: str, hidden: int, name: str | None, w_init: Callable[..., Any] | None):
     """A layer running rule ``kind`` with params w_x, w_h, biases and learned initial states."""
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
-        raise ValueError(f"{kind.upper()}: hidden must be a positive int, got {hidden!r}")
+    hidden = require_positive_int(kind.upper(), "hidden", hidden)
     rule = getattr(_rec, kind)
     w_init = w_init or jax.nn.initializers.lecun_normal()
     states, biases, width = _STATES[kind], _BIASES[kind], _GATES[kind] * hidden
@@ -107,14 +106,4 @@ def LastStep(*, name: str | None = None) -> Layer:
             raise ValueError(f"LastStep: input_shape must have rank >= 2, got {shape}")
         return (*shape[:-2], shape[-1])
 
-    return _parameter_free("last_step", _rec.last_step, name, output_shape)
-
-
-def LSTMClassifier(hidden: int, num_classes: int, *, name: str | None = None) -> Layer:
-    """serial(LSTM(hidden), LastStep(), Dense(num_classes)): logits from the last hidden state."""
-    return serial(LSTM(hidden), LastStep(), Dense(num_classes), name=name)
-
-
-def GRUClassifier(hidden: int, num_classes: int, *, name: str | None = None) -> Layer:
-    """serial(GRU(hidden), LastStep(), Dense(num_classes)): logits from the last hidden state."""
-    return serial(GRU(hidden), LastStep(), Dense(num_classes), name=name)
+    return parameter_free("last_step", _rec.last_step, name, output_shape)

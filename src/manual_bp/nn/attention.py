@@ -1,0 +1,163 @@
+"""Layers of the transformer family (part of :mod:`manual_bp.nn`).
+
+Normalization over features (:func:`LayerNorm`, :func:`RMSNorm`), lookups (:func:`Embedding`,
+:func:`PositionalEmbedding`) and :func:`MultiHeadAttention`; :func:`~manual_bp.nn.residual`
+and :func:`~manual_bp.nn.TransformerLM` put them together. Index letters: ``n`` batch,
+``t`` time, ``d`` features.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .._checks import require_positive_int
+from ..rules import add_positions, embedding, multi_head_attention
+from ..rules import normalization as _norm
+from .core import Layer, same_shape
+
+__all__ = [
+    "Embedding",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "RMSNorm",
+]
+
+_WEIGHTS = ("wq", "wk", "wv", "wo")
+_BIASES = ("bq", "bv", "bo")  # no b_k: it shifts all of a query's scores alike (see below)
+
+
+def LayerNorm(eps: float = 1e-5, *, name: str | None = None) -> Layer:
+    """y = x̂ γ + β over the last axis, x̂ = (x − μ)/√(σ² + ε); γ starts at 1, β at 0.
+
+    The tape is the rule's residuals (x̂, 1/√(σ² + ε), γ).
+    """
+    _norm.require_eps("LayerNorm", eps)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        del key
+        d = int(input_shape[-1])
+        return {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}
+
+    def forward(params, x, ctx=None):
+        return _norm.layer_norm.fwd(x, params["gamma"], params["beta"], eps=eps)
+
+    def backward(params, tape, dy):
+        del params
+        dx, dgamma, dbeta = _norm.layer_norm.bwd(tape, dy, eps=eps)
+        return {"gamma": dgamma, "beta": dbeta}, {}, dx
+
+    return Layer(name, "layer_norm", {"eps": eps}, init, forward, backward, same_shape)
+
+
+def RMSNorm(eps: float = 1e-6, *, name: str | None = None) -> Layer:
+    """y = x γ / √(mean_d x² + ε) over the last axis; γ starts at 1."""
+    _norm.require_eps("RMSNorm", eps)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        del key
+        return {"gamma": jnp.ones((int(input_shape[-1]),), dtype)}
+
+    def forward(params, x, ctx=None):
+        return _norm.rms_norm.fwd(x, params["gamma"], eps=eps)
+
+    def backward(params, tape, dy):
+        del params
+        dx, dgamma = _norm.rms_norm.bwd(tape, dy, eps=eps)
+        return {"gamma": dgamma}, {}, dx
+
+    return Layer(name, "rms_norm", {"eps": eps}, init, forward, backward, same_shape)
+
+
+def Embedding(vocab: int, features: int, *, name: str | None = None) -> Layer:
+    """y[..., d] = table[ids[...], d]: integer ids (...) in, vectors (..., D) out.
+
+    ``params = {"table": (V, D)}``, drawn from N(0, 1). The input is not differentiable:
+    ``backward`` returns ``dx = None`` (an embedding is the first layer of a network). An id
+    outside [0, V) gives a NaN row (see :func:`manual_bp.rules.embedding`).
+    """
+    vocab = require_positive_int("Embedding", "vocab", vocab)
+    features = require_positive_int("Embedding", "features", features)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        del input_shape
+        return {"table": jax.random.normal(key, (vocab, features), dtype)}
+
+    def forward(params, ids, ctx=None):
+        y, (ids, _) = embedding.fwd(ids, params["table"])
+        return y, ids
+
+    def backward(params, tape, dy):
+        dids, dtable = embedding.bwd((tape, params["table"]), dy)
+        return {"table": dtable}, {}, dids
+
+    def output_shape(input_shape):
+        return (*tuple(input_shape), features)
+
+    config = {"vocab": vocab, "features": features}
+    return Layer(name, "embedding", config, init, forward, backward, output_shape)
+
+
+def PositionalEmbedding(max_len: int, *, name: str | None = None) -> Layer:
+    """y[n, t, d] = x[n, t, d] + table[t, d]: a learned vector per position, for T <= max_len.
+
+    ``params = {"table": (max_len, D)}``, drawn from N(0, 0.02²).
+    """
+    max_len = require_positive_int("PositionalEmbedding", "max_len", max_len)
+
+    def init(key, input_shape, dtype=jnp.float32):
+        shape = (max_len, int(input_shape[-1]))
+        return {"table": 0.02 * jax.random.normal(key, shape, dtype)}
+
+    def forward(params, x, ctx=None):
+        return add_positions.fwd(x, params["table"])
+
+    def backward(params, tape, dy):
+        del params
+        dx, dtable = add_positions.bwd(tape, dy)
+        return {"table": dtable}, {}, dx
+
+    config = {"max_len": max_len}
+    return Layer(name, "positional_embedding", config, init, forward, backward, same_shape)
+
+
+def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None = None) -> Layer:
+    """Self-attention over x (N, T, D) with ``num_heads`` heads of D / num_heads features.
+
+    ``params``: ``wq, wk, wv, wo`` (D, D) (LeCun normal) and ``bq, bv, bo`` (D,) (zero). There
+    is no key bias: b_k adds q_t·b_k to every score of query t, which softmax ignores, so its
+    gradient is identically 0 and it would be a parameter that never moves (the rule is
+    called with b_k = 0).
+    With ``causal`` (the default) time step t attends to steps s <= t. The layer has no
+    padding mask; the rule :func:`manual_bp.rules.multi_head_attention` takes one.
+    """
+    num_heads = require_positive_int("MultiHeadAttention", "num_heads", num_heads)
+    if not isinstance(causal, bool):
+        raise TypeError(f"MultiHeadAttention: causal must be a bool, got {causal!r}")
+    static = {"num_heads": num_heads, "causal": causal}
+    w_init = jax.nn.initializers.lecun_normal()
+
+    def init(key, input_shape, dtype=jnp.float32):
+        d = int(input_shape[-1])
+        if d % num_heads:
+            raise ValueError(f"MultiHeadAttention: num_heads={num_heads} must divide D={d}")
+        keys = jax.random.split(key, len(_WEIGHTS))
+        params = {w: w_init(k, (d, d), dtype) for w, k in zip(_WEIGHTS, keys, strict=True)}
+        params.update({b: jnp.zeros((d,), dtype) for b in _BIASES})
+        return params
+
+    def forward(params, x, ctx=None):
+        p = params
+        bk = jnp.zeros_like(p["bq"])
+        weights = [p[w] for w in _WEIGHTS]
+        biases = (p["bq"], bk, p["bv"], p["bo"])
+        return multi_head_attention.fwd(x, *weights, *biases, None, **static)
+
+    def backward(params, tape, dy):
+        del params
+        dx, dwq, dwk, dwv, dwo, dbq, _, dbv, dbo, _ = multi_head_attention.bwd(tape, dy, **static)
+        grads = {"wq": dwq, "wk": dwk, "wv": dwv, "wo": dwo, "bq": dbq, "bv": dbv, "bo": dbo}
+        return grads, {}, dx
+
+    return Layer(name, "multi_head_attention", static, init, forward, backward, same_shape)
