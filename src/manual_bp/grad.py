@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -11,11 +11,33 @@ from .nn import Context, Layer, check_input, check_params, check_state, has_stat
 from .rules import Rule, get_rule
 from .rules.stochastic import require_key
 
-__all__ = ["value_and_grad", "value_grad_and_deltas"]
+__all__ = ["Backprop", "backprop", "value_and_grad", "value_grad_and_deltas"]
 
 
-def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True, taps=None):
-    """The lecture's two passes; ``taps`` (a dict) collects every layer's output."""
+class Backprop(NamedTuple):
+    """What one forward and backward pass gives: the loss C, the new state (``None`` without
+    state), ∂C/∂params and every layer's delta ∂C/∂(its output)."""
+
+    loss: Any
+    state: Any
+    grads: Any
+    deltas: dict[str, Any]
+
+
+def backprop(
+    net: Layer,
+    loss: Rule,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    state: Any = None,
+    key: Any = None,
+    train: bool = True,
+    taps: dict[str, Any] | None = None,
+) -> Backprop:
+    """The lecture's two passes over ``net`` and ``loss`` (a :class:`~manual_bp.Rule`), after
+    checking the inputs; ``taps`` (a dict) collects every layer's output."""
     check_input(net, x)
     check_params(net, params, x.shape)
     if state is not None:
@@ -28,7 +50,7 @@ def _backprop(net, loss, params, x, y, *, state=None, key=None, train=True, taps
     dout = loss.bwd(loss_res, jnp.ones_like(c))[0]  # output layer: ∂C/∂z from the loss itself
     grads, deltas, _ = net.backward(params, tape, dout)  # backward pass: the reversed network
     new_state = net.state_of(tape) if state is not None else None
-    return c, new_state, grads, deltas
+    return Backprop(c, new_state, grads, deltas)
 
 
 def _as_parts(net: Layer, loss: Rule | str, stateful: bool, train: bool) -> tuple[Layer, Rule]:
@@ -48,6 +70,29 @@ def _as_parts(net: Layer, loss: Rule | str, stateful: bool, train: bool) -> tupl
     return net, get_rule(loss)
 
 
+def _gradient_function(
+    net: Layer, loss: Rule | str, has_state: bool, train: bool, with_deltas: bool
+) -> Callable[..., Any]:
+    """The one implementation behind :func:`value_and_grad` and :func:`value_grad_and_deltas`."""
+    net, loss = _as_parts(net, loss, has_state, train)
+
+    def result(b: Backprop) -> tuple[Any, ...]:
+        value = (b.loss, b.state) if has_state else b.loss
+        return (value, b.grads, b.deltas) if with_deltas else (value, b.grads)
+
+    if has_state:
+
+        def f_state(params, state, x, y, key=None):
+            return result(backprop(net, loss, params, x, y, state=state, key=key, train=train))
+
+        return f_state
+
+    def f(params, x, y, key=None):
+        return result(backprop(net, loss, params, x, y, key=key, train=train))
+
+    return f
+
+
 def value_and_grad(
     net: Layer, loss: Rule | str, *, has_state: bool = False, train: bool = True
 ) -> Callable[..., tuple[Any, Any]]:
@@ -63,23 +108,7 @@ def value_and_grad(
     ``jax.value_and_grad``'s ``has_aux``:
     ``f(params, state, x, y, key=None) -> ((C, new_state), ∂C/∂params)``.
     """
-    net, loss = _as_parts(net, loss, has_state, train)
-
-    if has_state:
-
-        def f_state(params, state, x, y, key=None):
-            c, new_state, grads, _ = _backprop(
-                net, loss, params, x, y, state=state, key=key, train=train
-            )
-            return (c, new_state), grads
-
-        return f_state
-
-    def f(params, x, y, key=None):
-        c, _, grads, _ = _backprop(net, loss, params, x, y, key=key, train=train)
-        return c, grads
-
-    return f
+    return _gradient_function(net, loss, has_state, train, with_deltas=False)
 
 
 def value_grad_and_deltas(
@@ -92,20 +121,4 @@ def value_grad_and_deltas(
     forward order. ``has_state`` and ``train`` as in :func:`value_and_grad`; with state,
     ``f(params, state, x, y, key=None) -> ((C, new_state), ∂C/∂params, deltas)``.
     """
-    net, loss = _as_parts(net, loss, has_state, train)
-
-    if has_state:
-
-        def f_state(params, state, x, y, key=None):
-            c, new_state, grads, deltas = _backprop(
-                net, loss, params, x, y, state=state, key=key, train=train
-            )
-            return (c, new_state), grads, deltas
-
-        return f_state
-
-    def f(params, x, y, key=None):
-        c, _, grads, deltas = _backprop(net, loss, params, x, y, key=key, train=train)
-        return c, grads, deltas
-
-    return f
+    return _gradient_function(net, loss, has_state, train, with_deltas=True)

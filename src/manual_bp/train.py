@@ -25,7 +25,7 @@ from . import credit, guard, nn
 from ._checks import is_int
 from ._fit_checks import check_fit_inputs
 from .data import Dataset
-from .grad import _backprop, value_and_grad, value_grad_and_deltas
+from .grad import backprop, value_and_grad, value_grad_and_deltas
 from .parallel import constrain_batch, place_for_fit
 from .rules import Rule, get_rule
 
@@ -265,7 +265,7 @@ def fit(
             (c, state), grads = f(params, state, xb, yb, key)
             return c, state, grads, {}
         outputs: dict[str, Any] = {}
-        c, state, grads, deltas = _backprop(
+        c, state, grads, deltas = backprop(
             net, loss, params, xb, yb, state=state, key=key, taps=outputs
         )
         return c, state, grads, _tap_norms(grads, deltas, outputs)
