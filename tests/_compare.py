@@ -7,12 +7,7 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 
-# rtol, and atol as a fraction of the largest expected magnitude, per dtype.
-TOL = {
-    np.dtype(jnp.float64): 1e-10,
-    np.dtype(jnp.float32): 2e-5,
-    np.dtype(jnp.bfloat16): 2e-2,
-}
+from manual_bp.verify import tolerance_for
 
 
 def rng_for(*key) -> np.random.Generator:
@@ -36,7 +31,7 @@ def assert_close(
     the largest cotangent entry): a result that cancels to nearly zero, such as a softmax
     gradient, carries rounding error on that scale, not on its own.
     """
-    tol = TOL[np.dtype(dtype)] if tol is None else tol
+    tol = tolerance_for(dtype) if tol is None else tol
     a = np.atleast_1d(np.asarray(jnp.asarray(actual, jnp.float64)))
     e = np.atleast_1d(np.asarray(jnp.asarray(expected, jnp.float64)))
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
@@ -60,14 +55,14 @@ def assert_close(
 
 def assert_matches_reference(name: str, got, expected, dtype) -> None:
     """``got`` and ``expected`` are ``(C, grads, deltas)`` from manual_bp and the reference:
-    the loss, every gradient and every delta agree (float64 to 1e-10, float32 to 1e-4), with the
-    same names, dtypes and shapes, and no expected gradient or delta is vacuously all zero."""
+    the loss, every gradient and every delta agree within the network tolerance of ``dtype``, with
+    the same names, dtypes and shapes, and no expected gradient or delta is vacuously all zero."""
     import functools
 
     import jax
 
     (c, grads, deltas), (rc, rgrads, rdeltas) = got, expected
-    tol = 1e-10 if np.dtype(dtype) == np.dtype(jnp.float64) else 1e-4
+    tol = tolerance_for(dtype, "network")
     assert c.dtype == dtype and c.shape == (), f"{name}: loss is {c.shape} {c.dtype}"
     assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
     assert jax.tree.structure(grads) == jax.tree.structure(rgrads), f"{name}: grad trees differ"

@@ -27,7 +27,7 @@ import manual_bp
 import reference
 from _compare import assert_close, random_cotangent
 from manual_bp import RULES, nn
-from manual_bp.audit_table import distinct_image
+from manual_bp.verify.table import distinct_image
 from manual_bp.train import ACTIVATIONS
 from rule_table import F64, ROWS
 

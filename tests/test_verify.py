@@ -244,7 +244,7 @@ AUDITED = ("tanh", "dense", "softmax_cross_entropy", "max_pool2d", "batch_norm",
 def test_audit_passes_in_float64_on_each_family_of_rules():
     """What `manual-bp verify` runs (element-wise float64 finite differences included), on a
     rule of each family; tests/test_rules.py checks every row of every registered rule."""
-    from manual_bp.audit import audit
+    from manual_bp.verify.audit import audit
 
     results = audit(rules=AUDITED, dtypes=["float64"], networks=False)
     failed = [(r["name"], r["diagnoses"]) for r in results if not r["ok"]]

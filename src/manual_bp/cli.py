@@ -274,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .audit import audit, write_json
+    from .verify.audit import audit, write_json
     from .rules import RULES
 
     unknown = sorted(set(args.rule or ()) - set(RULES))

@@ -37,7 +37,7 @@ import numpy as np
 from . import nn
 from ._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
 from .rules import Rule
-from .verify import _forward_order
+from .verify import forward_order
 
 __all__ = [
     "EXIT_NON_FINITE",
@@ -213,7 +213,7 @@ def diagnose(
     taps: dict[str, Any] = {}
     ctx = nn.Context(train=True, key=key, state=state, taps=taps)
     out, _ = net.forward(params, x, ctx)
-    for name in _forward_order(net):
+    for name in forward_order(net):
         if name in taps and not _finite(taps[name]):
             detail = (
                 f"layer {name!r} output {_count_bad(taps[name])} (the layers before it: finite)"
@@ -227,7 +227,7 @@ def diagnose(
     (_, _), grads, deltas = value_grad_and_deltas(net, loss, has_state=True)(
         params, state, x, y, key
     )
-    for name in reversed(_forward_order(net)):
+    for name in reversed(forward_order(net)):
         if name in deltas and not _finite(deltas[name]):
             detail = (
                 f"the delta ∂C/∂(output of {name!r}) has {_count_bad(deltas[name])} (the layers "

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
-from .audit_table import ROWS
-from .rules import RULES
-from .verify import check_network, check_rule
+from .. import nn
+from ..rules import RULES
+from .network import check_network
+from .rule import check_rule
+from .table import ROWS
 
 __all__ = ["NETWORKS", "audit", "write_json"]
 

@@ -1,0 +1,34 @@
+"""Check handwritten backward rules and whole networks against autodiff, and say what is wrong.
+
+* :mod:`~manual_bp.verify.tolerances` — the one tolerance table and the one comparison;
+* :mod:`~manual_bp.verify.rule` — :func:`check_rule`: a rule's ``bwd`` for each differentiable
+  primal against ``jax.vjp`` of its own ``fwd``, of the independent reference forward, and float64
+  finite differences (kink-aware), with the max absolute, relative and ulp error per comparison;
+* :mod:`~manual_bp.verify.diagnosis` — what kind of error a failing cotangent has (a constant
+  scale factor, a sign flip, a transposed result, a missing sum over a broadcast axis, an error
+  confined to kink points, a precision-only problem);
+* :mod:`~manual_bp.verify.network` — :func:`check_network`: every delta and gradient of a network
+  against ``jax.grad`` of the reference, naming the first divergent layer;
+* :mod:`~manual_bp.verify.table` and :mod:`~manual_bp.verify.audit` — the audit table of every
+  registered rule and the full audit behind ``manual-bp verify``.
+"""
+
+from .network import LayerCheck, NetworkReport, check_network, forward_order
+from .rule import RuleReport, assert_rule_correct, check_rule
+from .tolerances import MAX_FD_ELEMENTS, TOLERANCE, Comparison, Tolerance, compare, tolerance_for
+
+__all__ = [
+    "MAX_FD_ELEMENTS",
+    "TOLERANCE",
+    "Comparison",
+    "LayerCheck",
+    "NetworkReport",
+    "RuleReport",
+    "Tolerance",
+    "assert_rule_correct",
+    "check_network",
+    "check_rule",
+    "compare",
+    "forward_order",
+    "tolerance_for",
+]

@@ -1,0 +1,170 @@
+"""The oracles a rule is checked against: jitted evaluations of its ``bwd``, ``jax.vjp`` of its own
+``fwd`` and of the reference forward (vmapped over stacked cotangents), and float64 central and
+one-sided finite differences of ⟨g, fwd(x)⟩. Each jitted evaluator is cached per (rule, static
+keywords), so a table row compiles once across its cases.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import reference
+
+from ..rules import RULES, Rule
+from .tolerances import MAX_FD_ELEMENTS, compare, is_float
+
+__all__ = [
+    "bind",
+    "bwd64",
+    "difference_quotients",
+    "evaluator",
+    "fd_evaluator",
+    "finite_difference_comparison",
+    "reference_forward",
+]
+
+
+def bind(fn, primals, diff):
+    def f(*d):
+        full = list(primals)
+        for i, v in zip(diff, d, strict=True):
+            full[i] = v
+        return fn(*full)
+
+    return f
+
+
+def try_cache(fn):
+    cached = functools.lru_cache(maxsize=256)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return fn(*args)
+        return cached(*args)
+
+    return wrapper
+
+
+@try_cache
+def evaluator(rule: Rule, static: tuple, diff: tuple, ref_fn: Any):
+    """A jitted function of (primals, cotangents) -> bwd, jax.vjp and reference cotangents,
+    vmapped over the stacked cotangents."""
+    kw = dict(static)
+
+    def run(primals, cts):
+        out, res = rule.fwd(*primals, **kw)
+        ours = jax.vmap(lambda g: rule.bwd(res, g, **kw))(cts)
+        _, vjp = jax.vjp(
+            bind(lambda *p: rule.fwd(*p, **kw)[0], primals, diff), *(primals[i] for i in diff)
+        )
+        theirs = jax.vmap(vjp)(cts)
+        if ref_fn is None:
+            return out, ours, theirs, None, None
+        ref_out, ref_vjp = jax.vjp(
+            bind(lambda *p: ref_fn(*p, **kw), primals, diff), *(primals[i] for i in diff)
+        )
+        return out, ours, theirs, ref_out, jax.vmap(ref_vjp)(cts)
+
+    return jax.jit(run)
+
+
+@try_cache
+def bwd64(rule: Rule, static: tuple):
+    """The rule's forward and backward, jitted (used on float64 copies of the primals)."""
+    kw = dict(static)
+
+    def run(primals, g):
+        _, res = rule.fwd(*primals, **kw)
+        return rule.bwd(res, g, **kw)
+
+    return jax.jit(run)
+
+
+@try_cache
+def fd_evaluator(rule: Rule, static: tuple, index: int):
+    """Jitted float64 central and one-sided differences of φ(x) = ⟨g, fwd(x)⟩ along each
+    basis direction of primal ``index`` (or along given directions)."""
+    kw = dict(static)
+
+    def phi(primals, x, g):
+        full = list(primals)
+        full[index] = x
+        out = rule.fwd(*full, **kw)[0]
+        return jnp.sum(out * g)
+
+    def run(primals, g, directions, h):
+        x = primals[index]
+
+        def one(v):
+            at = phi(primals, x, g)
+            plus = phi(primals, x + h * v, g)
+            minus = phi(primals, x - h * v, g)
+            return (plus - minus) / (2 * h), (at - minus) / h, (plus - at) / h
+
+        return jax.vmap(one)(directions)
+
+    return jax.jit(run)
+
+
+def reference_forward(rule: Rule):
+    """The reference forward of a registered rule, or None for a rule of the user's own."""
+    if RULES.get(rule.name) is not rule:
+        return None
+    return reference.FORWARD.get(rule.name)
+
+
+def difference_quotients(rule, static, primals, g, i):
+    """Float64 differences of ⟨g, fwd⟩ along primal i: ``(a, central, left, right)`` per element
+    (``a`` the rule's float64 cotangent), or ``(⟨a, v⟩, central, None, None)`` along 16 random
+    directions v for a large primal; None where they do not apply."""
+    with jax.enable_x64(True):
+        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
+        g64 = jnp.asarray(g).astype(jnp.float64)
+        x = p64[i]
+        if not bool(jnp.all(jnp.isfinite(x))):
+            return None
+        a = bwd64(rule, tuple(sorted(static.items())))(p64, g64)[i]
+        if a is None or a.shape != x.shape:
+            return None
+        a = np.asarray(a, np.float64)
+        h = 1e-6 * max(1.0, float(np.max(np.abs(np.asarray(x, np.float64)), initial=0)))
+        fd = fd_evaluator(rule, tuple(sorted(static.items())), i)
+        if x.size <= MAX_FD_ELEMENTS:
+            basis = jnp.eye(x.size, dtype=jnp.float64).reshape((x.size, *x.shape))
+            central, left, right = (np.asarray(v).reshape(x.shape) for v in fd(p64, g64, basis, h))
+            return a, central, left, right
+        dirs = jnp.asarray(np.random.default_rng(0).standard_normal((16, *x.shape)), jnp.float64)
+        central, _, _ = fd(p64, g64, dirs, h)
+        return np.tensordot(np.asarray(dirs), a, axes=a.ndim), np.asarray(central), None, None
+
+
+def finite_difference_comparison(raw, name, dtype, global_scale):
+    """Compare against the differences; kink-aware where left and right ones disagree.
+
+    Differences are judged on the scale of the largest gradient of any primal, so a primal
+    whose true cotangent is zero (differences of pure rounding noise) is not held to its noise.
+    """
+    a, central, left, right = raw
+    scale = max(float(np.max(np.abs(central), initial=0)), 1e-3 * global_scale, 1e-300)
+    if left is None:
+        return compare(
+            a, central, dtype, 1e-6, scale, name, "finite differences (f64, 16 dirs)"
+        ), None
+    kink = np.abs(right - left) > 1e-3 * scale
+    lo, hi = np.minimum(left, right), np.maximum(left, right)
+    within = (a >= lo - 1e-6 * scale) & (a <= hi + 1e-6 * scale)
+    comp = compare(a, central, dtype, 1e-6, scale, name, "finite differences (f64)", kink)
+    if kink.any():
+        comp.ok = comp.ok and bool(within[kink].all())
+        comp.note = f"{int(kink.sum())} kink point(s): one-sided range " + (
+            "ok" if within[kink].all() else "VIOLATED"
+        )
+    return comp, kink

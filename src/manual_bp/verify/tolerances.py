@@ -1,0 +1,135 @@
+"""The one tolerance table and the one comparison every check of the package uses.
+
+:data:`TOLERANCE` gives, per dtype, the allowed error of a single rule against autodiff and of a
+whole network (the loss, every delta and gradient, after many rules' rounding) against the
+reference. :func:`compare` judges two arrays elementwise against that tolerance on the scale of
+the comparison, ``|a − e| <= tol·|e| + tol·max(max|e|, floor)``, and reports the max absolute and
+relative error, the error in units in the last place and the worst index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "MAX_FD_ELEMENTS",
+    "TOLERANCE",
+    "Comparison",
+    "Tolerance",
+    "check_tolerance",
+    "compare",
+    "f64",
+    "is_float",
+    "tolerance_for",
+    "ulp_spacing",
+]
+
+
+class Tolerance(NamedTuple):
+    """The allowed relative error of one dtype: ``rule`` for one rule's backward against
+    autodiff, ``network`` for a whole network's loss, deltas and gradients."""
+
+    rule: float
+    network: float
+
+
+TOLERANCE: dict[str, Tolerance] = {
+    "float64": Tolerance(rule=1e-10, network=1e-10),
+    "float32": Tolerance(rule=2e-5, network=1e-4),
+    "float16": Tolerance(rule=5e-3, network=2.5e-2),
+    "bfloat16": Tolerance(rule=2e-2, network=1e-1),
+}
+"""Default tolerances by dtype name: |a − e| <= tol·|e| + tol·max(max|e|, floor) per element."""
+
+
+def tolerance_for(dtype: Any, kind: str = "rule") -> float:
+    """The tolerance of ``kind`` (``"rule"`` or ``"network"``) for ``dtype`` (float32's for a
+    dtype outside the table)."""
+    entry = TOLERANCE.get(np.dtype(dtype).name, TOLERANCE["float32"])
+    return getattr(entry, kind)
+
+
+def check_tolerance(where: str, tolerance: Any) -> None:
+    if tolerance is None:
+        return
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not math.isfinite(tolerance)
+        or tolerance < 0
+    ):
+        raise ValueError(
+            f"{where}: tolerance must be a finite number >= 0 (or None), got {tolerance!r}"
+        )
+
+
+MAX_FD_ELEMENTS = 2048
+"""Primals up to this size get element-by-element finite differences; larger ones 16 random
+directions (no kink detection)."""
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One primal's cotangent against one oracle."""
+
+    primal: str
+    against: str
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+    worst_index: tuple[int, ...]
+    ok: bool
+    note: str = ""
+
+
+def f64(x: Any) -> np.ndarray:
+    return np.asarray(
+        jnp.asarray(x).astype(jnp.float32 if x.dtype == jnp.bfloat16 else x.dtype), dtype=np.float64
+    )
+
+
+def is_float(x: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def ulp_spacing(e: np.ndarray, dtype: Any, scale: float) -> np.ndarray:
+    """The spacing of ``dtype`` at |e|, floored at 1e-3 of the comparison's scale."""
+    fi = jnp.finfo(dtype)
+    mag = np.maximum(np.abs(e), max(1e-3 * scale, float(fi.tiny)))
+    return float(fi.eps) * np.exp2(np.floor(np.log2(mag)))
+
+
+def compare(a, e, dtype, tol, floor, primal, against, exclude=None) -> Comparison:
+    """Compare arrays a (got) and e (expected), both float64 numpy of one shape."""
+    finite = np.isfinite(e) & np.isfinite(a)
+    pattern = (np.isfinite(a) != np.isfinite(e)) | (~np.isfinite(e) & (a != e))
+    same_nonfinite = not pattern.any()
+    mask = finite if exclude is None else finite & ~exclude
+    err = np.where(mask, np.abs(np.where(finite, a, 0) - np.where(finite, e, 0)), 0)
+    scale = max(float(np.max(np.abs(np.where(finite, e, 0)), initial=0)), floor, 1e-300)
+    bound = tol * np.abs(np.where(finite, e, 0)) + tol * scale
+    bad = err > bound
+    i = np.unravel_index(int(np.argmax(err - bound)), err.shape) if err.size else ()
+    max_abs = float(err.max(initial=0))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        ulp = err / ulp_spacing(np.where(finite, e, 0), dtype, scale)
+    return Comparison(
+        primal=primal,
+        against=against,
+        max_abs=max_abs,
+        max_rel=max_abs / scale,
+        max_ulp=float(ulp.max(initial=0)),
+        worst_index=tuple(int(j) for j in i),
+        ok=bool(not bad.any() and same_nonfinite),
+        note=""
+        if same_nonfinite
+        else (
+            f"inf/NaN differs at {int(pattern.sum())} element(s), first at "
+            f"{tuple(int(j) for j in np.argwhere(pattern)[0])}"
+        ),
+    )
