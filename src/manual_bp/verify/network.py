@@ -18,7 +18,7 @@ from .._checks import prefix_errors
 from ..grad import value_grad_and_deltas
 from ..nn import Layer
 from ..rules import Rule, get_rule
-from .tolerances import check_tolerance, compare, f64, is_float, tolerance_for
+from .tolerances import Comparison, check_tolerance, compare, f64, is_float, tolerance_for
 
 __all__ = ["LayerCheck", "NetworkReport", "check_network", "forward_order"]
 
@@ -46,6 +46,15 @@ class NetworkReport:
     ok: bool
     state_error: float = 0.0
     """Largest relative difference of the new state (batch-norm statistics), if any."""
+    leaves: list[Comparison] = dataclasses.field(default_factory=list)
+    """Every compared array by path (``"loss"``, ``"grads/dense_0/w"``, ``"deltas/dense_0"``,
+    ``"state/batch_norm_1/mean"``), in that order: the one comparison behind the layer rows."""
+    loss: float = float("nan")
+    """The handwritten loss C."""
+    dtype: str = ""
+    """The dtype whose tolerance judged the comparison."""
+    tolerance: float = 0.0
+    """The tolerance used (:func:`~manual_bp.verify.tolerance_for` of ``dtype``, ``"network"``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,28 +137,35 @@ def check_network(
     ref = reference.value_grad_and_deltas(net, loss.name, has_state=stateful, train=train)
     c, grads, deltas = jax.jit(mine)(*args, key)
     rc, rgrads, rdeltas = jax.jit(ref)(*args, key)
-    state_err = 0.0
+    new_state = r_new_state = {}
     if stateful:
         (c, new_state), (rc, r_new_state) = c, rc
-        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(r_new_state), strict=True):
-            state_err = max(state_err, compare(f64(a), f64(b), dtype, tol, 0.0, "", "").max_rel)
+
+    def judge(path: str, a: Any, b: Any, floor: float = 0.0) -> Comparison:
+        return compare(f64(a), f64(b), dtype, tol, floor, path, "reference")
+
+    # the loss is judged on the scale of a loss of order 1, so a converged run's small loss is
+    # not held to its own rounding
+    leaves = [judge("loss", c, rc, floor=1.0)]
+    leaves += _judge_tree("grads", grads, rgrads, judge)
+    leaves += [judge(f"deltas/{k}", deltas[k], rdeltas[k]) for k in deltas]
+    state_leaves = _judge_tree("state", new_state, r_new_state, judge)
+    leaves += state_leaves
+    by_path = {leaf.primal: leaf for leaf in leaves}
     order = forward_order(net)
     layers: list[LayerCheck] = []
     first = culprit = None
     for pos in range(len(order) - 1, -1, -1):
         name = order[pos]
-        d = compare(f64(deltas[name]), f64(rdeltas[name]), dtype, tol, 0.0, name, "delta")
+        d = by_path[f"deltas/{name}"]
         try:
-            g, rg = subtree(grads, name), subtree(rgrads, name)
+            g = subtree(grads, name)
         except (KeyError, TypeError):
-            g = rg = None
+            g = None
         g_rel, g_ok = None, True
         is_leaf_layer = isinstance(g, dict) and not any(isinstance(v, dict) for v in g.values())
         if is_leaf_layer and g:
-            comps = [
-                compare(f64(a), f64(b), dtype, tol, 0.0, name, "grad")
-                for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(rg), strict=True)
-            ]
+            comps = [by_path[f"grads/{name}/{k}"] for k in g]
             g_rel = max(cc.max_rel for cc in comps)
             g_ok = all(cc.ok for cc in comps)
         layers.append(LayerCheck(name, d.max_abs, d.max_rel, d.ok, g_rel, g_ok))
@@ -160,10 +176,36 @@ def check_network(
         if d.ok and not g_ok and first is None and culprit is None:
             culprit = name
             first = name
-    loss_err = abs(float(c) - float(rc))
+    state_err = max((leaf.max_rel for leaf in state_leaves), default=0.0)
     ok = (
         all(lc.delta_ok and lc.grad_ok for lc in layers)
-        and loss_err <= tol * max(1.0, abs(float(rc)))
-        and state_err <= tol
+        and leaves[0].ok
+        and all(leaf.ok for leaf in state_leaves)
     )
-    return NetworkReport(loss_err, layers, first, culprit, ok, state_err)
+    return NetworkReport(
+        leaves[0].max_abs,
+        layers,
+        first,
+        culprit,
+        ok,
+        state_err,
+        leaves=leaves,
+        loss=float(c),
+        dtype=dtype.name,
+        tolerance=tol,
+    )
+
+
+def _judge_tree(root: str, mine: Any, ref: Any, judge: Any) -> list[Comparison]:
+    """``judge(path, m, r)`` for every leaf of two trees of one structure, paths ``root/a/b``."""
+    paths = [
+        "/".join([root, *(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)])
+        for path, _ in jax.tree_util.tree_leaves_with_path(mine)
+    ]
+    m_leaves, r_leaves = jax.tree.leaves(mine), jax.tree.leaves(ref)
+    if jax.tree.structure(mine) != jax.tree.structure(ref):
+        raise ValueError(
+            f"check_network: the handwritten and the reference {root} differ in structure: "
+            f"{jax.tree.structure(mine)} vs {jax.tree.structure(ref)}"
+        )
+    return [judge(p, a, b) for p, a, b in zip(paths, m_leaves, r_leaves, strict=True)]
