@@ -29,7 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._checks import require_float, require_ndim, require_same_dtype, require_shape
+from .._checks import (
+    require_float,
+    require_ndim,
+    require_positive_int,
+    require_same_dtype,
+    require_shape,
+)
 from .contract import register
 
 __all__ = ["avg_pool2d", "conv2d", "flatten", "max_pool2d"]
@@ -171,8 +177,7 @@ def _conv2d_fwd(x, w, b, *, strides=(1, 1), padding="SAME", dilation=(1, 1), gro
     require_same_dtype("conv2d", x=x, w=w, b=b)
     require_ndim("conv2d", "x", x, exactly=4)
     require_ndim("conv2d", "w", w, exactly=4)
-    if isinstance(groups, bool) or not isinstance(groups, int | np.integer) or groups <= 0:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    groups = require_positive_int("conv2d", "groups", groups)
     c, (kh, kw, cg, o) = x.shape[3], w.shape
     if c % groups or o % groups:
         raise ValueError(
