@@ -1,1 +1,3 @@
-"""Side-by-side speed and memory benchmarks (``python -m benchmarks``; see ``runner``)."""
+"""The checkout's benchmark folder: ``python -m benchmarks`` runs :mod:`manual_bp.bench`;
+``data_parallel.py`` times a data-parallel step; ``gpu.sh`` runs the suite on a CUDA machine;
+``NOTES.md`` records what was measured; ``results/`` holds the latest run."""

@@ -1,24 +1,97 @@
 """Smoke test of the benchmark suite (``manual-bp bench``, ``python -m benchmarks``): its
-smallest configuration runs and writes a well-formed report. No timing thresholds: speed is
-read from the benchmark tables, never asserted."""
+smallest configuration runs from the installed package alone — in another directory, with no
+``benchmarks`` folder importable — and writes a well-formed report. No timing thresholds: speed
+is read from the benchmark tables, never asserted."""
 
+import ast
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from manual_bp import cli
+from manual_bp.bench import DEFAULT_OUT
 
 MODELS = ("tiny_mlp",)
+SRC = Path(__file__).resolve().parent.parent / "src" / "manual_bp"
+
+# ``manual-bp`` as its console script does it, with ``benchmarks`` unimportable: a run that
+# needed the checkout's folder would fail here as it does from an installed wheel.
+_CLI = (
+    "import sys; sys.modules['benchmarks'] = None; from manual_bp import cli; "
+    "raise SystemExit(cli.main(sys.argv[1:]))"
+)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--tiny", "--models", *MODELS, "--no-torch", "--no-numpy", "--out", str(out)]
-    assert cli.main(argv) == 0
+def run(tmp_path_factory):
+    """``manual-bp bench`` in a fresh directory (``-I``: neither it nor PYTHONPATH on the path),
+    with its default output folder."""
+    cwd = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--tiny", "--models", *MODELS, "--no-torch", "--no-numpy"]
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _CLI, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, cwd
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    _, cwd = run
+    out = cwd / DEFAULT_OUT
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     return results, (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_runs_outside_the_checkout(run, report):
+    proc, cwd = run
+    results, md = report
+    assert not DEFAULT_OUT.is_absolute()  # inside the directory it runs in
+    assert sorted(p.name for p in (cwd / DEFAULT_OUT).iterdir()) == ["results.json", "results.md"]
+    assert "| model | manual (jit) | jax.grad (jit) | manual / jax.grad |" in proc.stdout
+    ratio = results["models"]["tiny_mlp"]["ratios"]["manual_over_reference"]
+    assert f"**{ratio:.2f}**" in proc.stdout
+    assert f"wrote {DEFAULT_OUT / 'results.json'} and {DEFAULT_OUT / 'results.md'}" in proc.stdout
+    assert md in proc.stdout
+
+
+def _imported_modules(source: str) -> set[str]:
+    """The absolute imports of a module's source (relative ones stay inside the package)."""
+    mods: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            mods |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            mods.add(node.module or "")
+    return mods
+
+
+def _stands_alone(source: str) -> list[str]:
+    """What ties a module to the checkout: imports of ``benchmarks``, uses of ``sys.path``."""
+    found = sorted(m for m in _imported_modules(source) if m.split(".")[0] == "benchmarks")
+    return found + (["sys.path"] if "sys.path" in source else [])
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_the_package_stands_alone(path):
+    """No module of the package imports the checkout's ``benchmarks`` or edits ``sys.path``."""
+    assert _stands_alone(path.read_text(encoding="utf-8")) == [], path
+
+
+def test_the_scan_sees_the_suite_and_can_fail():
+    names = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
+    assert {"bench/__init__.py", "bench/runner.py", "bench/models.py", "cli.py"} <= names
+    assert _stands_alone("from benchmarks.runner import run\n") == ["benchmarks.runner"]
+    assert _stands_alone("import benchmarks\n") == ["benchmarks"]
+    assert _stands_alone("import sys\nsys.path.insert(0, '..')\n") == ["sys.path"]
+    assert _stands_alone("from .bench import MODELS\nimport manual_bp.bench\n") == []
 
 
 def _positive(x):
