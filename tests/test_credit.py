@@ -39,6 +39,24 @@ def test_every_transport_kind_is_covered():
     assert set(LAYERS) == set(TRANSPORT)
 
 
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_transport_names_the_weights_where_the_layer_keeps_them(kind):
+    """Each weight TRANSPORT names is a parameter of the layer or, for a layer whose backward
+    reads it from the tape, a field of the residual NamedTuple its forward returns, holding an
+    array of that parameter's shape."""
+    make, shape = LAYERS[kind]
+    layer, transport = make(), TRANSPORT[kind]
+    params = jax.eval_shape(lambda k: layer.init(k, shape, F64), jax.random.key(0))
+    _, tape = jax.eval_shape(layer.forward, params, jax.ShapeDtypeStruct(shape, F64))
+    assert set(transport.weights) <= set(params), (kind, transport.weights, sorted(params))
+    if transport.residuals is None:
+        return
+    assert type(tape) is transport.residuals, (kind, type(tape).__name__)
+    assert set(transport.weights) <= set(tape._fields), (kind, transport.weights, tape._fields)
+    for n in transport.weights:
+        assert getattr(tape, n).shape == params[n].shape, (kind, n)
+
+
 def _equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     return len(la) == len(lb) and all(

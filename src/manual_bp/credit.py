@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,15 +38,18 @@ from .nn import (
     Context,
     Layer,
     Shape,
+    by_layer,
     check_context,
     check_input,
     check_params,
     check_state,
     residual,
     serial,
+    serial_backward,
 )
-from .nn import serial_backward as _serial_backward
 from .rules import Rule, get_rule
+from .rules.attention import AttentionResiduals
+from .rules.recurrent import GRUResiduals, LSTMResiduals, RNNResiduals
 
 __all__ = [
     "TRANSPORT",
@@ -67,41 +70,74 @@ _HOW = (
 )
 
 
-def _in_params(*names: str):
+class _Transport(NamedTuple):
+    """Where a layer kind's backward reads the weights that carry error backward.
+
+    ``weights``: their names; ``substitute(params, tape, bs) -> (params, tape)`` puts the
+    matrices ``bs`` (by name) in their place; ``residuals``: the rule's residual NamedTuple
+    that is the layer's tape and holds them as fields, or ``None`` when they are read from
+    ``params``.
+    """
+
+    weights: tuple[str, ...]
+    substitute: Callable[..., tuple[Any, Any]]
+    residuals: type | None
+
+
+def _in_params(*names: str) -> _Transport:
     """Layers whose backward reads W from ``params``: substitute B there."""
 
     def substitute(params, tape, bs):
+        unknown = sorted(set(bs) - set(params))
+        if unknown:
+            raise ValueError(
+                f"feedback: the layer has no parameters {unknown} to substitute; "
+                f"its parameters are {sorted(params)}"
+            )
         return {**params, **bs}, tape
 
-    return names, substitute
+    return _Transport(names, substitute, None)
 
 
-def _in_tape(**positions: int):
-    """Layers whose backward reads W from the rule's residuals (the tape): substitute B there,
-    in the residual's dtype (attention keeps widened copies)."""
+def _in_tape(residuals: type, *names: str) -> _Transport:
+    """Layers whose backward reads W from the rule's residuals (the tape, a ``residuals``
+    NamedTuple): substitute B for those fields, in the residual's dtype (attention keeps
+    widened copies)."""
+    fields = getattr(residuals, "_fields", ())
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+        raise TypeError(
+            f"credit: {residuals.__name__} has no fields {unknown} (its fields are {fields}); "
+            "TRANSPORT must name the rule's residuals as they are defined"
+        )
 
     def substitute(params, tape, bs):
-        t = list(tape)
-        for n, b in bs.items():
-            t[positions[n]] = b.astype(t[positions[n]].dtype)
-        return params, tuple(t)
+        if not isinstance(tape, residuals):
+            raise TypeError(
+                f"feedback: the layer's tape must be the rule's {residuals.__name__}, "
+                f"got {type(tape).__name__}"
+            )
+        swapped = {n: b.astype(getattr(tape, n).dtype) for n, b in bs.items()}
+        return params, tape._replace(**swapped)
 
-    return tuple(positions), substitute
+    return _Transport(names, substitute, residuals)
 
 
-TRANSPORT: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {
+TRANSPORT: dict[str, _Transport] = {
     "dense": _in_params("w"),
     "conv2d": _in_params("w"),
-    "rnn": _in_tape(w_x=2, w_h=3),
-    "lstm": _in_tape(w_x=3, w_h=4),
-    "gru": _in_tape(w_x=2, w_h=3),
-    "multi_head_attention": _in_tape(wq=6, wk=7, wv=8, wo=9),
+    "rnn": _in_tape(RNNResiduals, "w_x", "w_h"),
+    "lstm": _in_tape(LSTMResiduals, "w_x", "w_h"),
+    "gru": _in_tape(GRUResiduals, "w_x", "w_h"),
+    "multi_head_attention": _in_tape(AttentionResiduals, "wq", "wk", "wv", "wo"),
 }
-"""For each weighted layer kind: the weights that carry error backward, and how to put B in
-their place for the layer's backward. In every one of these backward rules W is used only to
-send error backward (δ Wᵀ); the weight gradients come from the tape, so they stay aᵀδ.
-Recurrent layers carry error through W_x (to the layer below) and W_h (back in time);
-attention through W_q, W_k, W_v (to its input) and W_o (into the attention itself)."""
+"""For each weighted layer kind: the weights that carry error backward (``weights``), how to
+put B in their place for the layer's backward (``substitute``) and, for layers that read them
+from their tape, the rule's residuals that hold them (``residuals``). In every one of these
+backward rules W is used only to send error backward (δ Wᵀ); the weight gradients come from
+the tape, so they stay aᵀδ. Recurrent layers carry error through W_x (to the layer below) and
+W_h (back in time); attention through W_q, W_k, W_v (to its input) and W_o (into the
+attention itself)."""
 
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """backward function of a wrapped layer -> the same layer's plain backprop backward."""
@@ -150,7 +186,8 @@ def _feedback(layer, variant, weights, init, *, twin):
         )
     if "feedback" in layer.config:
         raise ValueError(f"feedback: layer {layer.name or layer.kind!r} is already wrapped")
-    names, substitute = TRANSPORT[layer.kind]
+    transport = TRANSPORT[layer.kind]
+    names = transport.weights
     weights = names if weights is None else tuple(weights)
     unknown = sorted(set(weights) - set(names))
     if unknown or not weights:
@@ -207,7 +244,7 @@ def _feedback(layer, variant, weights, init, *, twin):
                 bs = {n: jnp.sign(params[n]) for n in weights}
             else:  # kp
                 bs = params["feedback"]
-            p, t = substitute(inner, t, bs)
+            p, t = transport.substitute(inner, t, bs)
             grads, deltas, dx = layer.backward(p, t, dy)
         if variant == "kp":  # B learns with W's update (and weight decay, from the optimizer)
             grads = {**grads, "feedback": {n: grads[n] for n in weights}}
@@ -304,7 +341,7 @@ def _direct_feedback(layers, name, init, *, twin):
     def backward(params, tape, dy):
         tapes, bs = tape
         if twin:
-            return _serial_backward(named, params, tapes, dy)
+            return serial_backward(named, params, tapes, dy)
         if bs is None:
             raise ValueError(
                 f"direct_feedback: the backward needs the fixed feedback matrices: {_HOW}"
@@ -314,7 +351,7 @@ def _direct_feedback(layers, name, init, *, twin):
         def redirect(layer, dx):
             return _project(e, bs[layer.name], dx.shape) if layer.name in bs else dx
 
-        return _serial_backward(named, params, tapes, dy, redirect)
+        return serial_backward(named, params, tapes, dy, redirect)
 
     def state_of(tape):
         tapes, bs = tape
@@ -381,21 +418,14 @@ def _angle(a: Any, b: Any) -> Any:
     return jnp.where(ok, jnp.degrees(angle), jnp.asarray(90.0, a.dtype))
 
 
-def _weight_grads(grads: Any, prefix: str = "") -> dict[str, Any]:
-    """Every layer's weight gradients (its ``w``-like arrays, not biases or B) by layer name.
-
-    A layer's grads hold arrays; a combinator's hold only its children's dicts."""
+def _weight_grads(grads: Any) -> dict[str, Any]:
+    """Every layer's weight gradients (its ``w``-like arrays, not biases or B) by layer path
+    (layers as :func:`~manual_bp.nn.by_layer` finds them)."""
     out = {}
-    for k, v in grads.items():
-        if not isinstance(v, dict) or not v:
-            continue
-        arrays = {n: u for n, u in v.items() if not isinstance(u, dict)}
-        if arrays:
-            ws = [u for n, u in arrays.items() if n.startswith("w")]
-            if ws:
-                out[f"{prefix}{k}"] = ws
-        else:
-            out.update(_weight_grads(v, f"{prefix}{k}/"))
+    for name, entry in by_layer(grads).items():
+        ws = [u for n, u in entry.items() if n.startswith("w") and not isinstance(u, dict)]
+        if ws:
+            out[name] = ws
     return out
 
 

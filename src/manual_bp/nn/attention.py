@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from .._checks import require_positive_int
 from ..rules import add_positions, embedding, multi_head_attention
 from ..rules import normalization as _norm
+from ..rules.lookup import EmbeddingResiduals
 from .core import Layer, same_shape
 
 __all__ = [
@@ -85,11 +86,11 @@ def Embedding(vocab: int, features: int, *, name: str | None = None) -> Layer:
         return {"table": jax.random.normal(key, (vocab, features), dtype)}
 
     def forward(params, ids, ctx=None):
-        y, (ids, _) = embedding.fwd(ids, params["table"])
-        return y, ids
+        y, res = embedding.fwd(ids, params["table"])
+        return y, res.ids
 
     def backward(params, tape, dy):
-        dids, dtable = embedding.bwd((tape, params["table"]), dy)
+        dids, dtable = embedding.bwd(EmbeddingResiduals(tape, params["table"]), dy)
         return {"table": dtable}, {}, dids
 
     def output_shape(input_shape):

@@ -22,6 +22,7 @@ its scores (double ``where``: the masked branch never makes an inf or NaN).
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -35,9 +36,27 @@ from .._checks import (
 )
 from .contract import register
 
-__all__ = ["multi_head_attention"]
+__all__ = ["AttentionResiduals", "multi_head_attention"]
 
 _OP = "multi_head_attention"
+
+
+class AttentionResiduals(NamedTuple):
+    """What the backward of :func:`multi_head_attention` reads (in float32 for half-precision
+    inputs): x (N, T, D); the head-split q, k, v (N, T, H, E); the probabilities p[n,h,t,s]
+    (N, H, T, T); the merged context c (N, T, D); and the four weights (D, D). The backward
+    uses the weights only to send error backward (dc = g W_oᵀ, dx = Σ d· W_·ᵀ)."""
+
+    x: Any
+    q: Any
+    k: Any
+    v: Any
+    p: Any
+    c: Any
+    wq: Any
+    wk: Any
+    wv: Any
+    wo: Any
 
 
 def _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[int, ...]:
@@ -92,8 +111,8 @@ def _project(x, w, b, shape):
 def _mha_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=False):
     """y = merge_h(softmax_s(q kᵀ / √E) v) W_o + b_o with q, k, v = x W + b split into heads.
 
-    The residuals are x, the head-split q, k, v, the probabilities p, the merged context c
-    and the four weight matrices (in float32 for half-precision inputs).
+    The residuals are :class:`AttentionResiduals`: x, the head-split q, k, v, the
+    probabilities p, the merged context c and the four weight matrices.
     """
     n, t, d, h, e = _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal)
     dtype = x.dtype
@@ -108,7 +127,7 @@ def _mha_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=False
     p = ez / jnp.where(total > 0, total, 1)  # a fully masked row stays all zeros
     c = jnp.reshape(jnp.einsum("nhts,nshe->nthe", p, v), (n, t, d))
     y = jnp.einsum("ntd,do->nto", c, wo) + jnp.reshape(bo, (1, 1, d))
-    return y.astype(dtype), (x, q, k, v, p, c, wq, wk, wv, wo)
+    return y.astype(dtype), AttentionResiduals(x, q, k, v, p, c, wq, wk, wv, wo)
 
 
 def _mha_bwd(res, g, *, num_heads, causal=False):
@@ -119,25 +138,25 @@ def _mha_bwd(res, g, *, num_heads, causal=False):
     all of a query's scores together, and softmax ignores it). The mask gets ``None``.
     """
     del num_heads, causal
-    x, q, k, v, p, c, wq, wk, wv, wo = res
     dtype = g.dtype
     (g,) = _widen(g)
-    n, t, h, e = q.shape
+    n, t, h, e = res.q.shape
+    p = res.p
     dbo = jnp.sum(g, axis=(0, 1))
-    dwo = jnp.einsum("ntd,nto->do", c, g)
-    dc = jnp.reshape(jnp.einsum("nto,do->ntd", g, wo), (n, t, h, e))
-    dp = jnp.einsum("nthe,nshe->nhts", dc, v)
+    dwo = jnp.einsum("ntd,nto->do", res.c, g)
+    dc = jnp.reshape(jnp.einsum("nto,do->ntd", g, res.wo), (n, t, h, e))
+    dp = jnp.einsum("nthe,nshe->nhts", dc, res.v)
     dv = jnp.einsum("nhts,nthe->nshe", p, dc)
     dz = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * (1.0 / math.sqrt(e))
-    dq = jnp.einsum("nhts,nshe->nthe", dz, k)
-    dk = jnp.einsum("nhts,nthe->nshe", dz, q)
+    dq = jnp.einsum("nhts,nshe->nthe", dz, res.k)
+    dk = jnp.einsum("nhts,nthe->nshe", dz, res.q)
     dq, dk, dv = (jnp.reshape(a, (n, t, h * e)) for a in (dq, dk, dv))
     dx = (
-        jnp.einsum("nto,do->ntd", dq, wq)
-        + jnp.einsum("nto,do->ntd", dk, wk)
-        + jnp.einsum("nto,do->ntd", dv, wv)
+        jnp.einsum("nto,do->ntd", dq, res.wq)
+        + jnp.einsum("nto,do->ntd", dk, res.wk)
+        + jnp.einsum("nto,do->ntd", dv, res.wv)
     )
-    dws = [jnp.einsum("ntd,nto->do", x, a) for a in (dq, dk, dv)]
+    dws = [jnp.einsum("ntd,nto->do", res.x, a) for a in (dq, dk, dv)]
     # db_k = Σ_{n,s} dk = Σ_{n,t} q[n,t]·Σ_s dz[n,t,s] = 0: b_k adds q_t·b_k to every score of
     # query t, which softmax ignores. Written as the exact zero it is, not as a rounding residue.
     dbq, dbv = jnp.sum(dq, axis=(0, 1)), jnp.sum(dv, axis=(0, 1))

@@ -7,37 +7,46 @@ features, ``t`` time steps (positions, T of them out of a table of L), ``n`` bat
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 
 from .._checks import require_float, require_integer, require_ndim, require_same_dtype
 from .contract import register
 
-__all__ = ["add_positions", "embedding"]
+__all__ = ["EmbeddingResiduals", "add_positions", "embedding"]
+
+
+class EmbeddingResiduals(NamedTuple):
+    """What the backward of :func:`embedding` reads: the integer ids (...) and the table
+    (V, D), for its shape and dtype."""
+
+    ids: Any
+    table: Any
 
 
 def _embedding_fwd(ids, table):
     """y[..., d] = table[ids[...], d].
 
     Convention: an id outside [0, V) (negative ids included, no wrap-around) gives a row of NaN
-    and contributes nothing to d table. The residuals are the ids and the table (for its
-    shape and dtype; it is the primal itself, not a copy).
+    and contributes nothing to d table. The residuals (:class:`EmbeddingResiduals`) are the ids
+    and the table (for its shape and dtype; it is the primal itself, not a copy).
     """
     require_integer("embedding", "ids", ids)
     require_float("embedding", "table", table)
     require_ndim("embedding", "table", table, exactly=2)
     valid = (ids >= 0) & (ids < table.shape[0])
     rows = table[jnp.where(valid, ids, 0)]
-    return jnp.where(valid[..., None], rows, jnp.nan), (ids, table)
+    return jnp.where(valid[..., None], rows, jnp.nan), EmbeddingResiduals(ids, table)
 
 
 def _embedding_bwd(res, g):
     """d table[v, d] = Σ_{... : ids[...] = v} g[..., d]  (a scatter-add: repeated ids sum)."""
-    ids, table = res
-    v, d = table.shape
+    ids, (v, d) = res.ids, res.table.shape
     valid = (ids >= 0) & (ids < v)
     rows = jnp.reshape(jnp.where(valid, ids, 0), (-1,))
     g = jnp.reshape(jnp.where(valid[..., None], g, 0), (-1, d))
-    return None, jnp.zeros(table.shape, table.dtype).at[rows].add(g)
+    return None, jnp.zeros((v, d), res.table.dtype).at[rows].add(g)
 
 
 embedding = register("embedding", _embedding_fwd, _embedding_bwd)

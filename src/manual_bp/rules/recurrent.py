@@ -15,7 +15,7 @@ the carry left over when the reverse scan reaches t = 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -23,7 +23,7 @@ from jax import lax
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
 from .contract import register
 
-__all__ = ["gru", "last_step", "lstm", "rnn"]
+__all__ = ["GRUResiduals", "LSTMResiduals", "RNNResiduals", "gru", "last_step", "lstm", "rnn"]
 
 
 def _check_cell(op: str, gates: int, x: Any, states: dict[str, Any], **params: Any) -> int:
@@ -80,11 +80,22 @@ def _shared_weight_grads(x: Any, h_prev: Any, w_x: Any, dax: Any, dah: Any):
 # ---- Elman RNN -------------------------------------------------------------------------------
 
 
+class RNNResiduals(NamedTuple):
+    """What the backward of :func:`rnn` reads: x (N, T, I), h0 (N, H), the weights w_x (I, H)
+    and w_h (H, H), and hs (N, T, H)."""
+
+    x: Any
+    h0: Any
+    w_x: Any
+    w_h: Any
+    hs: Any
+
+
 def _rnn_fwd(x, h0, w_x, w_h, b):
     """h_t = tanh(x_t w_x + h_{t−1} w_h + b), t = 1..T, from h0; out hs[n, t, h] = h_t.
 
-    Shapes: x (N, T, I), h0 (N, H), w_x (I, H), w_h (H, H), b (H,). Residuals: x, h0, the
-    weights and hs (tanh' comes from h_t itself).
+    Shapes: x (N, T, I), h0 (N, H), w_x (I, H), w_h (H, H), b (H,). Residuals
+    (:class:`RNNResiduals`): x, h0, the weights and hs (tanh' comes from h_t itself).
     """
     _check_cell("rnn", 1, x, {"h0": h0}, w_x=w_x, w_h=w_h, b=b)
     u = _input_projection(x, w_x, b)
@@ -95,12 +106,12 @@ def _rnn_fwd(x, h0, w_x, w_h, b):
 
     _, hs = lax.scan(step, h0, u)
     hs = _time_major(hs)
-    return hs, (x, h0, w_x, w_h, hs)
+    return hs, RNNResiduals(x, h0, w_x, w_h, hs)
 
 
 def _rnn_bwd(res, g):
     """δ_t = (g_t + δ_{t+1} w_hᵀ) ⊙ (1 − h_t²);  dh0 = δ_1 w_hᵀ;  dW = Σ_t a_tᵀ δ_t."""
-    x, h0, w_x, w_h, hs = res
+    w_h = res.w_h
 
     def step(dh, inputs):
         g_t, h_t = inputs
@@ -108,10 +119,11 @@ def _rnn_bwd(res, g):
         return delta @ w_h.T, delta
 
     dh0, deltas = lax.scan(
-        step, jnp.zeros_like(h0), (_time_major(g), _time_major(hs)), reverse=True
+        step, jnp.zeros_like(res.h0), (_time_major(g), _time_major(res.hs)), reverse=True
     )
     deltas = _time_major(deltas)
-    dx, dw_x, dw_h = _shared_weight_grads(x, _previous(h0, hs), w_x, deltas, deltas)
+    h_prev = _previous(res.h0, res.hs)
+    dx, dw_x, dw_h = _shared_weight_grads(res.x, h_prev, res.w_x, deltas, deltas)
     return dx, dh0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
 
 
@@ -121,16 +133,30 @@ rnn = register("rnn", _rnn_fwd, _rnn_bwd)
 # ---- LSTM ------------------------------------------------------------------------------------
 
 
+class LSTMResiduals(NamedTuple):
+    """What the backward of :func:`lstm` reads: x (N, T, I), h0 and c0 (N, H), the weights
+    w_x (I, 4H) and w_h (H, 4H), and, time-major, cs (T, N, H) and the gate activations
+    acts = [i, f, g, o] (T, N, 4H)."""
+
+    x: Any
+    h0: Any
+    c0: Any
+    w_x: Any
+    w_h: Any
+    cs: Any
+    acts: Any
+
+
 def _lstm_fwd(x, h0, c0, w_x, w_h, b):
     """Gates in the order i, f, g, o along the last axis of a_t = x_t w_x + h_{t−1} w_h + b:
 
     i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o);  c_t = f ⊙ c_{t−1} + i ⊙ g;
     h_t = o ⊙ tanh(c_t). Shapes: x (N, T, I), h0 and c0 (N, H), w_x (I, 4H), w_h (H, 4H),
     b (4H,). The output is hs (N, T, H) alone; the final cell state c_T is not an output (its
-    cotangent is zero). Residuals: x, h0, c0, the weights, and, time-major as the scan writes
-    them, cs (T, N, H) and the four gate activations (T, N, 4H); the backward recomputes
-    tanh(c_t) and h_t = o ⊙ tanh(c_t) from them. The input projection x w_x + b runs for all
-    steps as one (T·N, I) × (I, 4H) product before the scan.
+    cotangent is zero). Residuals (:class:`LSTMResiduals`): x, h0, c0, the weights, and,
+    time-major as the scan writes them, cs (T, N, H) and the four gate activations
+    (T, N, 4H); the backward recomputes tanh(c_t) and h_t = o ⊙ tanh(c_t) from them. The input
+    projection x w_x + b runs for all steps as one (T·N, I) × (I, 4H) product before the scan.
     """
     hidden = _check_cell("lstm", 4, x, {"h0": h0, "c0": c0}, w_x=w_x, w_h=w_h, b=b)
     xt = _time_major(x)
@@ -146,7 +172,7 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
         return (h, c), (h, c, jnp.concatenate([i, f, gg, o], axis=1))
 
     _, (hs, cs, acts) = lax.scan(step, (h0, c0), u)
-    return _time_major(hs), (x, h0, c0, w_x, w_h, cs, acts)
+    return _time_major(hs), LSTMResiduals(x, h0, c0, w_x, w_h, cs, acts)
 
 
 def _lstm_bwd(res, g):
@@ -156,7 +182,7 @@ def _lstm_bwd(res, g):
     all steps at once: ∂C/∂x = δ w_xᵀ, ∂C/∂w_x = Σ x_tᵀ δ_t, ∂C/∂w_h = Σ h_{t−1}ᵀ δ_t,
     ∂C/∂b = Σ δ_t.
     """
-    x, h0, c0, w_x, w_h, cs, acts = res
+    h0, c0, w_h, cs, acts = res.h0, res.c0, res.w_h, res.cs, res.acts
     hidden = h0.shape[1]
     tcs = jnp.tanh(cs)
     column = lax.broadcasted_iota(jnp.int32, (1, 4 * hidden), 1)
@@ -177,8 +203,8 @@ def _lstm_bwd(res, g):
     (dh0, dc0), deltas = lax.scan(step, zeros, (_time_major(g), c_prev, tcs, acts), reverse=True)
     hs = acts[..., 3 * hidden :] * tcs  # h_t = o ⊙ tanh(c_t), as in the forward
     h_prev = jnp.concatenate([jnp.expand_dims(h0, 0), hs[:-1]], axis=0)
-    d, xt = _rows(deltas), _time_major(x)
-    dx = _time_major(jnp.reshape(d @ w_x.T, xt.shape))
+    d, xt = _rows(deltas), _time_major(res.x)
+    dx = _time_major(jnp.reshape(d @ res.w_x.T, xt.shape))
     return dx, dh0, dc0, _rows(xt).T @ d, _rows(h_prev).T @ d, jnp.sum(d, axis=0)
 
 
@@ -188,6 +214,20 @@ lstm = register("lstm", _lstm_fwd, _lstm_bwd)
 # ---- GRU -------------------------------------------------------------------------------------
 
 
+class GRUResiduals(NamedTuple):
+    """What the backward of :func:`gru` reads: x (N, T, I), h0 (N, H), the weights w_x (I, 3H)
+    and w_h (H, 3H), hs (N, T, H), the gate activations acts = [r, z, n] (N, T, 3H) and
+    v_ns (N, T, H), the reset gate's recurrent term v_n = (h_{t−1} w_h + b_h)_n."""
+
+    x: Any
+    h0: Any
+    w_x: Any
+    w_h: Any
+    hs: Any
+    acts: Any
+    v_ns: Any
+
+
 def _gru_fwd(x, h0, w_x, w_h, b_x, b_h):
     """The PyTorch / cuDNN GRU, gates in the order r, z, n along the last axis:
 
@@ -195,8 +235,9 @@ def _gru_fwd(x, h0, w_x, w_h, b_x, b_h):
     r = σ(u_r + v_r), z = σ(u_z + v_z), n = tanh(u_n + r ⊙ v_n) — the reset gate multiplies
     v_n *after* the recurrent product and its bias —, h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}.
     Shapes: x (N, T, I), h0 (N, H), w_x (I, 3H), w_h (H, 3H), b_x and b_h (3H,).
-    Residuals: x, h0, the weights, hs, the gate activations r, z, n (N, T, 3H) and v_n
-    (N, T, H), the one pre-activation piece the backward needs (∂n/∂r = (1 − n²) ⊙ v_n).
+    Residuals (:class:`GRUResiduals`): x, h0, the weights, hs, the gate activations r, z, n
+    (N, T, 3H) and v_n (N, T, H), the one pre-activation piece the backward needs
+    (∂n/∂r = (1 − n²) ⊙ v_n).
     """
     hidden = _check_cell("gru", 3, x, {"h0": h0}, w_x=w_x, w_h=w_h, b_x=b_x, b_h=b_h)
     u = _input_projection(x, w_x, b_x)
@@ -213,7 +254,7 @@ def _gru_fwd(x, h0, w_x, w_h, b_x, b_h):
 
     _, (hs, acts, v_ns) = lax.scan(step, h0, u)
     hs, acts, v_ns = (_time_major(a) for a in (hs, acts, v_ns))
-    return hs, (x, h0, w_x, w_h, hs, acts, v_ns)
+    return hs, GRUResiduals(x, h0, w_x, w_h, hs, acts, v_ns)
 
 
 def _gru_bwd(res, g):
@@ -221,7 +262,7 @@ def _gru_bwd(res, g):
     δ_r = δ_n v_n r(1−r);  δ_u = [δ_r, δ_z, δ_n], δ_v = [δ_r, δ_z, δ_n ⊙ r];
     ∂C/∂h_{t−1} = dh ⊙ z + δ_v w_hᵀ;  dw_x = Σ xᵀδ_u, dw_h = Σ h_{t−1}ᵀδ_v.
     """
-    x, h0, w_x, w_h, hs, acts, v_ns = res
+    h0, w_h = res.h0, res.w_h
     hidden = h0.shape[1]
 
     def step(dh_next, inputs):
@@ -235,11 +276,11 @@ def _gru_bwd(res, g):
         d_v = jnp.concatenate([d_r, d_z, d_n * r], axis=1)
         return dh * z + d_v @ w_h.T, (d_u, d_v)
 
-    h_prev = _previous(h0, hs)
-    inputs = tuple(_time_major(a) for a in (g, h_prev, acts, v_ns))
+    h_prev = _previous(h0, res.hs)
+    inputs = tuple(_time_major(a) for a in (g, h_prev, res.acts, res.v_ns))
     dh0, (d_u, d_v) = lax.scan(step, jnp.zeros_like(h0), inputs, reverse=True)
     d_u, d_v = _time_major(d_u), _time_major(d_v)
-    dx, dw_x, dw_h = _shared_weight_grads(x, h_prev, w_x, d_u, d_v)
+    dx, dw_x, dw_h = _shared_weight_grads(res.x, h_prev, res.w_x, d_u, d_v)
     return dx, dh0, dw_x, dw_h, jnp.sum(d_u, axis=(0, 1)), jnp.sum(d_v, axis=(0, 1))
 
 
