@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from manual_bp import data
 from manual_bp.data import (
     DATASETS,
     Dataset,
+    bundled,
+    dataset,
     load_dataset,
     load_digits,
     load_idx,
@@ -129,12 +130,12 @@ def test_mnist5k_deterministic_by_seed_and_reads_the_file_directly(mnist5k):
 
 
 def test_mnist5k_missing_package_names_the_extra(monkeypatch):
-    real = data.importlib.util.find_spec
+    real = bundled.importlib.util.find_spec
 
     def find_spec(name, *args):
         return None if name == "mlxtend" else real(name, *args)
 
-    monkeypatch.setattr(data.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", find_spec)
     with pytest.raises(ImportError, match=re.escape("pip install 'manual_bp[mnist5k]'")):
         load_dataset("mnist5k")
 
@@ -159,7 +160,7 @@ def test_npz_split_flatten_and_normalization(tmp_path):
     # stratified: each class in the test split in proportion (50, 30, 20) * 0.2
     assert np.bincount(d.y_test).tolist() == [10, 6, 4]
     # exactly (x − μ_train) / σ_train, the statistics from the training rows only
-    train, test = data._stratified_split(y, 3, 20, 0)
+    train, test = dataset.stratified_split(y, 3, 20, 0)
     flat = x.reshape(len(x), -1)
     mean, std = flat[train].mean(axis=0), flat[train].std(axis=0)
     np.testing.assert_array_equal(d.y_train, y[train])
