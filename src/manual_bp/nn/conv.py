@@ -107,11 +107,11 @@ def Conv2D(
     def forward(params, x, ctx=None):
         w = params["w"]
         b = params["b"] if use_bias else jnp.zeros((features,), w.dtype)
-        z, (a, _) = _conv.conv2d.fwd(x, w, b, **static)
-        return z, a
+        z, res = _conv.conv2d.fwd(x, w, b, **static)
+        return z, res.x
 
     def backward(params, tape, dz):
-        da, dw, db = _conv.conv2d.bwd((tape, params["w"]), dz, **static)
+        da, dw, db = _conv.conv2d.bwd(_conv.Conv2DResiduals(tape, params["w"]), dz, **static)
         return ({"w": dw, "b": db} if use_bias else {"w": dw}), {}, da
 
     def output_shape(input_shape):

@@ -27,6 +27,7 @@ from ..rules import (
     softplus,
     tanh,
 )
+from ..rules.linear import DenseResiduals
 from .core import Layer, parameter_free
 
 __all__ = [
@@ -125,11 +126,11 @@ def Dense(
         }
 
     def forward(params, x, ctx=None):
-        z, (a, _) = dense.fwd(x, params["w"], params["b"])
-        return z, a
+        z, res = dense.fwd(x, params["w"], params["b"])
+        return z, res.x
 
     def backward(params, tape, dz):
-        da, dw, db = dense.bwd((tape, params["w"]), dz)
+        da, dw, db = dense.bwd(DenseResiduals(tape, params["w"]), dz)
         return {"w": dw, "b": db}, {}, da
 
     def output_shape(input_shape):

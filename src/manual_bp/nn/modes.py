@@ -139,14 +139,14 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
                 "Dropout: training mode needs a PRNG key in the forward pass's Context "
                 "(value_and_grad(...)(..., key=key)), got None"
             )
-        y, (scale,) = _dropout.dropout.fwd(x, ctx.key, rate=rate)
-        return y, {"scale": scale}
+        y, res = _dropout.dropout.fwd(x, ctx.key, rate=rate)
+        return y, {"scale": res.scale}
 
     def backward(params, tape, dy):
         del params
         if "scale" not in tape:
             return {}, {}, dy
-        dx, _ = _dropout.dropout.bwd((tape["scale"],), dy, rate=rate)
+        dx, _ = _dropout.dropout.bwd(_dropout.DropoutResiduals(tape["scale"]), dy, rate=rate)
         return {}, {}, dx
 
     return Layer(name, "dropout", {"rate": rate}, init, forward, backward, same_shape)

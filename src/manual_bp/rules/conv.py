@@ -38,7 +38,15 @@ from .._checks import (
 )
 from .contract import register
 
-__all__ = ["avg_pool2d", "conv2d", "flatten", "max_pool2d"]
+__all__ = ["Conv2DResiduals", "avg_pool2d", "conv2d", "flatten", "max_pool2d"]
+
+
+class Conv2DResiduals(NamedTuple):
+    """What ``conv2d``'s backward needs: the input image x (NHWC) and the kernel w (HWIO)."""
+
+    x: Any
+    w: Any
+
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -200,7 +208,7 @@ def _conv2d_fwd(x, w, b, *, strides=(1, 1), padding="SAME", dilation=(1, 1), gro
         dimension_numbers=_NHWC,
         feature_group_count=int(groups),
     )
-    return y + jnp.reshape(b, (1, 1, 1, o)), (x, w)
+    return y + jnp.reshape(b, (1, 1, 1, o)), Conv2DResiduals(x, w)
 
 
 def _conv2d_bwd(res, g, *, strides=(1, 1), padding="SAME", dilation=(1, 1), groups=1):

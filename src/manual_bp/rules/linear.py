@@ -6,17 +6,24 @@ Index letters: ``...`` any leading batch dims, ``m`` rows, ``k`` contracted, ``n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
 from .contract import register
 
-__all__ = ["dense", "matmul"]
+__all__ = ["DenseResiduals", "dense", "matmul"]
 
 
-def _dense_fwd(x: Any, w: Any, b: Any) -> tuple[Any, tuple[Any, Any]]:
+class DenseResiduals(NamedTuple):
+    """What ``dense``'s backward needs: the input x (the activation a, ∂y/∂w) and w."""
+
+    x: Any
+    w: Any
+
+
+def _dense_fwd(x: Any, w: Any, b: Any) -> tuple[Any, DenseResiduals]:
     """y[..., o] = Σ_i x[..., i] w[i, o] + b[o] over any leading batch dims of x."""
     for arg, a in (("x", x), ("w", w), ("b", b)):
         require_float("dense", arg, a)
@@ -31,10 +38,10 @@ def _dense_fwd(x: Any, w: Any, b: Any) -> tuple[Any, tuple[Any, Any]]:
         )
     require_shape("dense", "b", b, (o,))
     y = jnp.einsum("...i,io->...o", x, w) + jnp.reshape(b, (1,) * (x.ndim - 1) + (o,))
-    return y, (x, w)
+    return y, DenseResiduals(x, w)
 
 
-def _dense_bwd(res: tuple[Any, Any], g: Any) -> tuple[Any, Any, Any]:
+def _dense_bwd(res: DenseResiduals, g: Any) -> tuple[Any, Any, Any]:
     """dx = g wᵀ;  dw = Σ_batch xᵀ g;  db = Σ_batch g  (sums over every broadcast batch axis)."""
     x, w = res
     dx = jnp.einsum("...o,io->...i", g, w)

@@ -8,7 +8,7 @@ scaled mask s; the backward is dx = g s. The key gets no cotangent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,13 @@ import jax.numpy as jnp
 from .._checks import require_array, require_float
 from .contract import register
 
-__all__ = ["dropout"]
+__all__ = ["DropoutResiduals", "dropout"]
+
+
+class DropoutResiduals(NamedTuple):
+    """What ``dropout``'s backward needs: the scaled mask s = m / (1 − p)."""
+
+    scale: Any
 
 
 def require_rate(op: str, rate: Any) -> float:
@@ -49,7 +55,7 @@ def _dropout_fwd(x, key, *, rate):
     rate = require_rate("dropout", rate)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     scale = jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
-    return x * scale, (scale,)
+    return x * scale, DropoutResiduals(scale)
 
 
 def _dropout_bwd(res, g, *, rate):
