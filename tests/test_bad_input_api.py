@@ -3,8 +3,8 @@
 ``tests/test_bad_input.py`` covers the rules, ``value_and_grad`` and the params tree; this
 table walks the rest of the public API: every layer constructor and forward of
 ``manual_bp.nn``, the verification tools (``manual_bp.verify``, ``manual_bp.audit``), the
-data loaders, ``fit`` and its non-finite guard (``manual_bp.guard``), checkpoints, run outputs
-(``manual_bp.report``), the device mesh (``manual_bp.parallel``, on one device),
+data loaders, ``fit`` and its non-finite guard (``manual_bp.train.guard``), checkpoints, run
+outputs (``manual_bp.train.report``), the device mesh (``manual_bp.parallel``, on one device),
 ``manual_bp.adapter`` and the ``manual-bp`` commands. Every error is a ValueError or
 TypeError raised before any tracing, naming the op, layer or argument, what was expected and
 what came.
@@ -28,18 +28,16 @@ from manual_bp import (
     RULES,
     adapter,
     audit,
-    checkpoint,
     credit,
     data,
-    guard,
     nn,
     parallel,
     per_example,
-    report,
     train,
     verify,
 )
 from manual_bp.data import Dataset
+from manual_bp.train import checkpoint, guard, report
 
 f32 = jnp.float32
 KEY = jax.random.key(0)
@@ -608,6 +606,13 @@ BAD = [
         ValueError,
         r"state: keys do not match the network: missing \['mean', 'var'\]",
     ),
+    (
+        "by_layer not a dict",
+        "by_layer",
+        lambda t: nn.by_layer([z(3)]),
+        TypeError,
+        r"by_layer: tree must be a dict of parameters by layer name, got list",
+    ),
     # --- manual_bp.train ---------------------------------------------------------------------
     (
         "mlp activation",
@@ -806,7 +811,7 @@ BAD = [
         ValueError,
         r"load_dataset: unknown dataset 'cifar'; choose one of: digits, mnist1d",
     ),
-    # --- manual_bp.checkpoint ----------------------------------------------------------------
+    # --- manual_bp.train.checkpoint ----------------------------------------------------------
     (
         "save non-finite params",
         "save_checkpoint",
@@ -1297,7 +1302,7 @@ BAD = [
         TypeError,
         r"write_json: payload is not JSON-serializable: Object of type object",
     ),
-    # --- manual_bp.report ---
+    # --- manual_bp.train.report ---
     (
         "layer_norms grads str",
         "layer_norms",
@@ -1311,6 +1316,13 @@ BAD = [
         lambda t: report.layer_norms({}, {"dense_0": [1.0, 2.0]}),
         TypeError,
         r"layer_norms: deltas\['dense_0'\] must be an array, got list",
+    ),
+    (
+        "step_norms outputs list",
+        "step_norms",
+        lambda t: report.step_norms({}, {"dense_0": z(2, 3)}, {"dense_0": [1.0]}),
+        TypeError,
+        r"step_norms: outputs\['dense_0'\] must be an array, got list",
     ),
     (
         "write_metrics directory",
@@ -1361,7 +1373,7 @@ BAD = [
         ValueError,
         r"write_plots: records\[0\] lacks \['train_loss', 'test_loss', 'test_accuracy'\]",
     ),
-    # --- manual_bp.guard ---
+    # --- manual_bp.train.guard ---
     (
         "tree_is_finite str leaf",
         "tree_is_finite",

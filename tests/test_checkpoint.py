@@ -12,9 +12,9 @@ import optax
 import pytest
 
 from manual_bp import nn
-from manual_bp.checkpoint import load_checkpoint, save_checkpoint
 from manual_bp.data import Dataset
 from manual_bp.train import fit, mlp
+from manual_bp.train.checkpoint import load_checkpoint, save_checkpoint
 
 DIGITS_TRAIN = 1437  # training examples of the digits split
 RNG = np.random.default_rng(0)

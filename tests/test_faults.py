@@ -1,16 +1,16 @@
 """Faults on real ``manual-bp train`` processes: SIGKILL during a checkpoint write, SIGINT,
 ``--resume`` after both, and truncated or tampered files.
 
-The kill lands during a checkpoint write deterministically through the checkpoint module's test
-hook: with ``MANUAL_BP_CHECKPOINT_DELAY`` set, ``save_checkpoint`` pauses between writing its
-temporary file and renaming it, and the test signals the process while that file exists.
+The kill lands during a checkpoint write deterministically: a run started with a delay is the
+command run by a small driver (``python -c``) that first wraps ``os.replace`` in that child
+process, so that renaming a temporary file onto ``checkpoint.npz`` pauses before the rename.
+The test signals the process while the written, not yet renamed, temporary file exists.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,29 +24,40 @@ import numpy as np
 import optax
 import pytest
 
-from manual_bp.checkpoint import load_checkpoint, save_checkpoint
 from manual_bp.train import mlp
+from manual_bp.train.checkpoint import load_checkpoint, save_checkpoint
 
 TRAIN = ["train", "--hidden", "16", "--epochs", "3", "--batch-size", "64"]
-DELAY = "1.5"  # seconds the hook holds each checkpoint write open
+DELAY = 1.5  # seconds the driver holds each checkpoint write open
 TIMEOUT = 120.0
 
+DELAYED = """
+import os, sys, time
+rename = os.replace
+def replace(src, dst, *args, **kwargs):  # a checkpoint write pauses before its rename
+    if os.path.basename(os.fspath(dst)) == "checkpoint.npz":
+        time.sleep({delay})
+    return rename(src, dst, *args, **kwargs)
+os.replace = replace
+from manual_bp.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+"""The driver of a delayed run: ``manual-bp`` with every checkpoint rename held back."""
 
-def _command() -> list[str]:
+
+def _command(delay: float | None) -> list[str]:
+    if delay is not None:
+        return [sys.executable, "-c", DELAYED.format(delay=float(delay))]
     script = Path(sys.executable).with_name("manual-bp")
     if script.is_file():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from manual_bp.cli import main; sys.exit(main())"]
 
 
-def _start(cwd: Path, name: str, args: list[str], delay: str | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MANUAL_BP_CHECKPOINT_DELAY"}
-    if delay is not None:
-        env["MANUAL_BP_CHECKPOINT_DELAY"] = delay
+def _start(cwd: Path, name: str, args: list[str], delay: float | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [*_command(), *args],
+        [*_command(delay), *args],
         cwd=cwd,
-        env=env,
         stdout=open(cwd / f"{name}.out", "wb"),  # noqa: SIM115 (closed with the process)
         stderr=open(cwd / f"{name}.err", "wb"),  # noqa: SIM115
     )

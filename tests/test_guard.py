@@ -15,10 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from manual_bp import get_rule, guard, nn, value_and_grad
-from manual_bp.checkpoint import load_checkpoint, save_checkpoint
+from manual_bp import get_rule, nn, value_and_grad
 from manual_bp.data import Dataset
-from manual_bp.train import fit, mlp
+from manual_bp.train import fit, guard, mlp
+from manual_bp.train.checkpoint import load_checkpoint, save_checkpoint
 
 RNG = np.random.default_rng(5)
 DATA = Dataset(

@@ -102,7 +102,7 @@ def test_default_output_folder_stays_in_runs(spec):
 def test_outputs_replace_symbolic_links_instead_of_writing_through_them(tmp_path):
     """A link planted in the output folder (to a file outside it) is replaced by the new
     output; the file it pointed to is untouched, and no temporary file is left behind."""
-    from manual_bp.report import write_metrics, write_plots
+    from manual_bp.train.report import write_metrics, write_plots
 
     out, outside = tmp_path / "run", tmp_path / "precious.txt"
     out.mkdir()

@@ -383,7 +383,7 @@ def test_cli_defaults_reach_97_percent(capsys):
 
 
 def test_cli_exits_1_when_the_gradient_check_fails(capsys, monkeypatch):
-    import manual_bp.train
+    import manual_bp.train.run
 
     failed = {
         "loss": 2.3,
@@ -395,7 +395,7 @@ def test_cli_exits_1_when_the_gradient_check_fails(capsys, monkeypatch):
         "tolerance": 1e-4,
         "ok": False,
     }
-    monkeypatch.setattr(manual_bp.train, "verify_gradients", lambda *args, **kwargs: failed)
+    monkeypatch.setattr(manual_bp.train.run, "verify_gradients", lambda *args, **kwargs: failed)
     assert main(["train", "--hidden", "8"]) == 1
     captured = capsys.readouterr()
     assert "FAILED (worst: grads/dense_0/w)" in captured.out

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-_GRADS = ("manual", "reference")
-
 
 def _number(cast: type, positive: bool):
     """An argparse type: a finite int or float, > 0 (``positive``) or >= 0."""
@@ -58,7 +55,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .train import ACTIVATIONS, FEEDBACK
+    from .train import ACTIVATIONS, FEEDBACK, MODELS
+    from .train.settings import GRADS, OPTIMIZERS
 
     parser = argparse.ArgumentParser(
         prog="manual-bp",
@@ -79,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(command_parser=train)
     train.add_argument(
         "--model",
-        choices=("mlp", "cnn", "lstm", "gru"),
+        choices=MODELS,
         default="mlp",
         help="mlp; cnn (LeNet: 2D on square images, 1D on signals); lstm or gru (an image "
         "row by row, a signal one value per step)",
@@ -130,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--optimizer",
-        choices=_OPTIMIZERS,
+        choices=OPTIMIZERS,
         default="adam",
         help="optax optimizer: plain SGD, SGD with momentum 0.9, Adam, or AdamW (decoupled "
         "weight decay, see --weight-decay)",
@@ -156,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--grad",
-        choices=_GRADS,
+        choices=GRADS,
         default="manual",
         help="which backward computes the training gradients: the handwritten one, or "
         "jax.grad of the reference network",
@@ -274,8 +272,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .verify.audit import audit, write_json
     from .rules import RULES
+    from .verify.audit import audit, write_json
 
     unknown = sorted(set(args.rule or ()) - set(RULES))
     if unknown:
@@ -316,38 +314,7 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1 if failed else 0
 
 
-def _optimizer(name: str, lr: float, weight_decay: float = 0.0, clip_norm: float = 0.0):
-    import optax
-
-    if name == "sgd":
-        opt = optax.sgd(lr)
-    elif name == "momentum":
-        opt = optax.sgd(lr, momentum=0.9)
-    elif name == "adamw":
-        opt = optax.adamw(lr, weight_decay=weight_decay)
-    else:
-        opt = optax.adam(lr)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm > 0 else opt
-
-
 _DEFAULT_HIDDEN = {"mlp": (256,), "cnn": (128,), "lstm": (64,), "gru": (64,)}
-
-_RESUME_KEYS = (
-    "model",
-    "dataset",
-    "hidden",
-    "activation",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "clip_norm",
-    "batch_size",
-    "seed",
-    "grad",
-    "dropout",
-    "batch_norm",
-    "feedback",
-)
 
 
 def _default_out(dataset: str, model: str) -> str:
@@ -363,291 +330,20 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> None:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pathlib import Path
+    from .train.run import train
+    from .train.settings import Settings, SettingsError
 
-    import jax
-    import jax.numpy as jnp
-
-    import reference
-
-    from ._interrupt import EXIT_INTERRUPTED, Interrupts
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .credit import alignment
-    from .data import load_dataset
-    from .grad import value_and_grad, value_grad_and_deltas
-    from .guard import EXIT_NON_FINITE, NonFiniteError, name_primitive
-    from .parallel import cli_mesh
-    from .report import PLOTS, layer_norms, read_metrics, write_metrics, write_plots
-    from .rules import get_rule
-    from .train import build_model, fit, verify_gradients
-
-    start = time.perf_counter()
     if args.out is None:
         args.out = _default_out(args.dataset, args.model)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        _fail(parser, f"argument --out: {out} exists and is not a directory")
-    ckpt_path, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
-    if args.resume and not ckpt_path.is_file():
-        _fail(parser, f"argument --resume: no checkpoint at {ckpt_path}")
-    try:  # before any other JAX computation: a multi-process run joins its peers here
-        mesh = cli_mesh(
-            args.devices,
-            args.mesh_shape,
-            args.batch_size,
-            coordinator=args.coordinator,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    except ValueError as e:
-        _fail(parser, str(e))
-    try:
-        data = load_dataset(args.dataset, seed=args.seed)
-    except (ImportError, ValueError) as e:
-        _fail(parser, f"argument --dataset: {e}")
     if args.hidden is None:
         args.hidden = _DEFAULT_HIDDEN[args.model]
-    n_train, n_features = data.x_train.shape
-    if args.batch_size > n_train:
-        parser.error(
-            f"argument --batch-size: {args.batch_size} is larger than the training set "
-            f"({n_train} examples)"
-        )
-    config = {
-        "model": args.model,
-        "dataset": data.name,
-        "hidden": list(args.hidden),
-        "activation": args.activation,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "clip_norm": args.clip_norm,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "grad": args.grad,
-        "epochs": args.epochs,
-        "dropout": args.dropout,
-        "batch_norm": args.batch_norm,
-        "feedback": args.feedback,
-    }
-
-    net, data = build_model(
-        args.model,
-        data,
-        hidden=args.hidden,
-        activation=args.activation,
-        dropout=args.dropout,
-        batch_norm=args.batch_norm,
-        feedback=args.feedback,
-    )
-    loss = "softmax_cross_entropy"
-    optimizer = _optimizer(args.optimizer, args.lr, args.weight_decay, args.clip_norm)
-    init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
-    batch_shape = (args.batch_size, *data.x_train.shape[1:])
-    params = net.init(init_key, batch_shape, jnp.float32)
-    net_state = net.init_state(init_key, batch_shape, jnp.float32)  # batch-norm statistics
-    opt_state, start_epoch, records = None, 0, []
-    if args.resume:
-        try:
-            ck = load_checkpoint(
-                ckpt_path,
-                params_like=params,
-                opt_state_like=optimizer.init(params),
-                state_like=net_state,
-            )
-        except ValueError as e:
-            _fail(parser, f"argument --resume: {e}")
-        changed = [k for k in _RESUME_KEYS if ck.config.get(k) != config[k]]
-        if changed:
-            parser.error(
-                "argument --resume: the checkpoint was written with different settings: "
-                + ", ".join(f"{k}={ck.config.get(k)!r} (now {config[k]!r})" for k in changed)
-            )
-        if ck.epoch > args.epochs:
-            parser.error(f"argument --epochs: the checkpoint is already at epoch {ck.epoch}")
-        params, opt_state, start_epoch, shuffle_key = ck.params, ck.opt_state, ck.epoch, ck.key
-        net_state = ck.state
-        records = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
-    out.mkdir(parents=True, exist_ok=True)
-    for written in (ckpt_path.name, metrics_path.name, *PLOTS):  # left by a run killed mid-write
-        for stale in out.glob(f".{written}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-    num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
-    if args.model == "mlp":
-        widths = " -> ".join(str(w) for w in (n_features, *args.hidden, data.num_classes))
-        described = f"mlp {widths} ({args.activation}"
-    else:
-        shape = "x".join(str(v) for v in data.x_train.shape[1:])
-        described = f"{args.model} on {shape} inputs (hidden {args.hidden[0]}"
-    print(
-        f"{data.name}: {n_train} train / {len(data.x_test)} test examples, "
-        f"{n_features} features, {data.num_classes} classes"
-    )
-    print(
-        f"{described}, {num_params:,} parameters); {args.optimizer} "
-        f"lr={args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
-        f"gradients: {args.grad}; output in {out}"
-        + (f"; resuming after epoch {start_epoch}" if args.resume else "")
-    )
-
-    x_check = jnp.asarray(data.x_train[: args.batch_size])
-    y_check = jnp.asarray(data.y_train[: args.batch_size])
-
-    check_key = jax.random.key(args.seed)  # dropout masks of the checked batch
-
-    def check_gradients(p, st, when: str) -> dict:
-        check = verify_gradients(net, loss, p, x_check, y_check, state=st, key=check_key)
-        status = "ok" if check["ok"] else f"FAILED (worst: {check['worst']})"
-        _say(
-            f"gradient check, {when}, manual vs jax.grad ({check['num_compared']} arrays): "
-            f"max abs error {check['max_abs_error']:.2e}, max rel error "
-            f"{check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}): {status}"
-        )
-        return check
-
-    first_check = check_gradients(params, net_state, "first batch")
-    if not first_check["ok"]:
-        print("manual-bp train: the handwritten gradients disagree with jax.grad", file=sys.stderr)
-        return 1
-
-    grad_fn = value_and_grad if args.grad == "manual" else reference.value_and_grad
-    taps = jax.jit(value_grad_and_deltas(net, loss, has_state=True))
-    align = None if args.feedback == "backprop" else jax.jit(alignment(net, loss))
-    width = len(str(args.epochs))
-    bar = _progress(args.epochs, start_epoch)
-    checks_failed = []
-
-    def report(r: dict) -> None:
-        _say(
-            f"epoch {r['epoch']:>{width}}/{args.epochs}  train loss {r['train_loss']:.4f}  "
-            f"test loss {r['test_loss']:.4f}  test acc {100 * r['test_accuracy']:6.2f}%  "
-            f"{r['seconds']:.2f}s",
-            bar,
-        )
-
-    def on_epoch_end(epoch, p, opt, st) -> None:
-        record = dict(history_tail[-1])
-        if "norms" not in record:  # --grad reference: no taps; one backward on the check batch
-            _, grads, deltas = taps(p, st, x_check, y_check, check_key)
-            record["norms"] = layer_norms(grads, deltas)
-        if align is not None:  # angle to backprop's update, from one forward on the check batch
-            record["alignment"] = jax.tree.map(float, align(p, st, x_check, y_check, check_key))
-        if args.verify_every and epoch % args.verify_every == 0:
-            check = check_gradients(p, st, f"epoch {epoch}")
-            record["gradient_check_max_rel_error"] = check["max_rel_error"]
-            if not check["ok"]:
-                checks_failed.append(epoch)
-        steps = epoch * (n_train // args.batch_size)  # optimizer steps taken so far
-        with interrupts.critical():  # Ctrl-C waits for the checkpoint to be in place
-            records.append(record)
-            write_metrics(metrics_path, records)
-            save_checkpoint(
-                ckpt_path,
-                params=p,
-                opt_state=opt,
-                epoch=epoch,
-                key=shuffle_key,
-                config={**config, "step": steps},
-                state=st,
-            )
-            saved[0] = epoch
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{record['train_loss']:.4f}", acc=f"{100 * record['test_accuracy']:.1f}%"
-            )
-
-    history_tail: list[dict] = []
-    interrupts, saved = Interrupts(), [start_epoch]
-
-    def callback(r: dict) -> None:
-        history_tail.append(r)
-        report(r)
-
-    train_start = time.perf_counter()
     try:
-        with interrupts.installed():
-            fit(
-                net,
-                loss,
-                params,
-                data,
-                optimizer=optimizer,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                key=shuffle_key,
-                grad_fn=grad_fn,
-                callback=callback,
-                opt_state=opt_state,
-                start_epoch=start_epoch,
-                on_epoch_end=on_epoch_end,
-                stop_on_non_finite=True,
-                state=net_state,
-                taps=args.grad == "manual",  # per-layer norms from the training steps themselves
-                mesh=mesh,
-            )
-    except NonFiniteError as e:
-        kept = (
-            f"{ckpt_path} keeps epoch {saved[0]}, the last finite one"
-            if saved[0]
-            else "no checkpoint written"
-        )
-        print(f"manual-bp train: {e}; {kept}", file=sys.stderr)
-        if args.debug_nans:
-            print(f"manual-bp train: {name_primitive(net, get_rule(loss), e)}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except KeyboardInterrupt:
-        kept = (
-            f"{ckpt_path} holds epoch {saved[0]} of {args.epochs}; continue with --resume"
-            if saved[0]
-            else "no epoch finished, no checkpoint written"
-        )
-        print(f"manual-bp train: interrupted; {kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if bar is not None:
-            bar.close()
-    train_seconds = time.perf_counter() - train_start
-    plots = []
-    if records:
-        try:
-            plots = write_plots(out, records)
-        except ImportError:
-            print("plots skipped: install matplotlib (pip install 'manual_bp[data]')")
-    final = records[-1] if records else None
-    if final is not None:
-        print(
-            f"final test accuracy {100 * final['test_accuracy']:.2f}% "
-            f"(test loss {final['test_loss']:.4f}) after {final['epoch']} epochs; "
-            f"training {train_seconds:.1f}s, total {time.perf_counter() - start:.1f}s"
-        )
-    verification = "ok" if not checks_failed else f"FAILED at epochs {checks_failed}"
-    print(
-        f"gradient verification: {verification} (first batch max rel error "
-        f"{first_check['max_rel_error']:.1e}); wrote {metrics_path.name}, {ckpt_path.name}"
-        + "".join(f", {p.name}" for p in plots)
-        + f" in {out}"
-    )
-    return 1 if checks_failed else 0
-
-
-def _progress(total: int, done: int):
-    """A tqdm bar over epochs on stderr (None without tqdm or when stderr is not a terminal)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(
-        total=total, initial=done, unit="epoch", leave=False, dynamic_ncols=True, disable=None
-    )
-
-
-def _say(text: str, bar=None) -> None:
-    if bar is not None and not bar.disable:
-        bar.write(text)
-    else:
-        print(text, flush=True)
+        return train(Settings.of(vars(args)))
+    except SettingsError as e:
+        if e.usage:
+            parser.error(str(e))
+        _fail(parser, str(e))
+        return 2  # unreachable: both exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "Shape",
     "State",
     "Tape",
+    "by_layer",
     "check_context",
     "check_input",
     "check_layer_name",
@@ -400,6 +401,37 @@ def check_state(net: Layer, state: State, input_shape: Sequence[int]) -> None:
     ValueError/TypeError naming the first mismatching path."""
     expected = _expected(net, lambda k, s: net.init_state(k, s), input_shape)
     _check_tree(expected, state, "state", f"for an input of shape {tuple(input_shape)}")
+
+
+def by_layer(tree: Params) -> dict[str, Params]:
+    """Every layer's own entry of a params-shaped tree (parameters or gradients), by layer path.
+
+    A combinator's entry holds only its children's entries, by name, and is walked into; any
+    other entry is a layer's (its arrays, and beside them any dicts of its own, such as the
+    Kolen–Pollack feedback matrices): ``{"block": {"dense_0": {"w": ·, "b": ·}, "tanh_1": {}}}``
+    gives ``{"block/dense_0": {"w": ·, "b": ·}}``. Entries without arrays (parameter-free
+    layers) are left out; a tree that is one layer's own entry comes back under the path ``""``.
+    """
+    if not isinstance(tree, Mapping):
+        raise TypeError(
+            f"by_layer: tree must be a dict of parameters by layer name, got {_describe(tree)}"
+        )
+    entries: dict[str, Params] = {}
+
+    def walk(entry: Any, path: str) -> None:
+        children = (
+            isinstance(entry, Mapping)
+            and entry
+            and all(isinstance(v, Mapping) for v in entry.values())
+        )
+        if children:
+            for name, child in entry.items():
+                walk(child, f"{path}{name}/")
+        elif jax.tree.leaves(entry):
+            entries[path.rstrip("/")] = entry
+
+    walk(tree, "")
+    return entries
 
 
 def has_state(net: Layer) -> bool:

@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import nn
-from ._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
-from .rules import Rule
-from .verify import forward_order
+from .. import nn
+from .._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
+from ..rules import Rule
+from ..verify import forward_order
 
 __all__ = [
     "EXIT_NON_FINITE",
@@ -152,7 +152,7 @@ def diagnose(
 
     The culprit is the first step whose loss is not finite, or earlier, the first step whose
     update left non-finite parameters or state (a NaN gradient under a finite loss)."""
-    from .grad import value_grad_and_deltas
+    from ..grad import value_grad_and_deltas
 
     if not isinstance(net, nn.Layer):
         raise TypeError(f"diagnose: net must be a manual_bp.nn.Layer, got {type(net).__name__}")
@@ -253,7 +253,7 @@ def name_primitive(net: nn.Layer, loss: Rule, err: NonFiniteError) -> str:
     infinity from overflow is not a checkify error)."""
     from jax.experimental import checkify
 
-    from .grad import value_grad_and_deltas
+    from ..grad import value_grad_and_deltas
 
     if not isinstance(err, NonFiniteError):
         raise TypeError(

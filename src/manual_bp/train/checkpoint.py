@@ -10,20 +10,13 @@ interrupted write leaves the previous checkpoint intact.
 A checkpoint is never written with a NaN or infinite value in the parameters, the optimizer
 state or the network state: :func:`save_checkpoint` refuses them, so the last checkpoint on disk
 is always the last finite one.
-
-Test hook (inert unless set): when the environment variable ``MANUAL_BP_CHECKPOINT_DELAY`` holds
-a number of seconds, :func:`save_checkpoint` sleeps that long between writing the temporary file
-and renaming it, so tests can interrupt a run during a checkpoint write deterministically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,12 +24,11 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from .._files import atomic_write
+
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 _FORMAT = "manual_bp.checkpoint/1"
-
-_DELAY_ENV = "MANUAL_BP_CHECKPOINT_DELAY"
-"""Test hook: seconds to sleep between writing the temporary file and the rename."""
 
 
 class Checkpoint(NamedTuple):
@@ -80,7 +72,8 @@ def save_checkpoint(
     config: dict[str, Any],
     state: Any = None,
 ) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename).
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename, fsync
+    of the folder).
 
     ``state`` is the network's state (batch-norm running statistics), if it has any.
     """
@@ -92,32 +85,7 @@ def save_checkpoint(
     arrays["meta/format"] = np.frombuffer(_FORMAT.encode(), np.uint8)
     arrays["meta/digest"] = np.frombuffer(_digest(arrays).encode(), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_delay()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def _check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -149,15 +117,6 @@ def _meta(epoch: Any, key: Any, config: Any) -> dict[str, np.ndarray]:
         "meta/key": np.asarray(jax.random.key_data(key)),
         "meta/config": np.frombuffer(text.encode(), np.uint8),
     }
-
-
-def _test_delay() -> None:
-    """The test hook: sleep ``$MANUAL_BP_CHECKPOINT_DELAY`` seconds if it is set."""
-    value = os.environ.get(_DELAY_ENV)
-    if value:
-        seconds = float(value)
-        if math.isfinite(seconds) and seconds > 0:
-            time.sleep(seconds)
 
 
 def _restore(prefix: str, template: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:

@@ -1,4 +1,5 @@
-"""Run outputs: ``metrics.jsonl`` (one JSON record per epoch) and PNG plots.
+"""Run outputs: the per-layer norms each epoch records, ``metrics.jsonl`` (one JSON record per
+epoch) and PNG plots, each file written atomically (a temporary file renamed over the old one).
 
 Plots are drawn with matplotlib's Agg backend (no display needed): ``loss.png`` and
 ``accuracy.png`` (curves per epoch) and ``layer_norms.png`` (per-layer ‖∂C/∂z‖, ‖∂C/∂W‖ and
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,62 +19,74 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import require_array
+from .. import nn
+from .._checks import require_array
+from .._files import atomic_write
 
-__all__ = ["PLOTS", "layer_norms", "read_metrics", "write_metrics", "write_plots"]
+__all__ = ["PLOTS", "layer_norms", "read_metrics", "step_norms", "write_metrics", "write_plots"]
 
 PLOTS = ("loss.png", "accuracy.png", "layer_norms.png", "alignment.png")
 """The files :func:`write_plots` may write (the last two only with norms or angles)."""
 
 
+def _wide(a: Any) -> Any:
+    """float16/bfloat16 (and integer) arrays as float32, wider ones as they are."""
+    floating = jnp.issubdtype(a.dtype, jnp.floating)
+    return a if floating and jnp.dtype(a.dtype).itemsize >= 4 else a.astype(jnp.float32)
+
+
+def _mean_norm(a: Any) -> Any:
+    """Mean over the batch (first axis) of the per-example L2 norm, in float32 or wider."""
+    a = _wide(a)
+    a = jnp.reshape(a, (a.shape[0], -1)) if a.ndim > 1 else jnp.reshape(a, (1, -1))
+    return jnp.mean(jnp.sqrt(jnp.sum(a * a, axis=1)))
+
+
+def _total_norm(tree: Any) -> Any:
+    """The L2 norm of all of ``tree``'s arrays together, in float32 or wider."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(_wide(leaf))) for leaf in jax.tree.leaves(tree)))
+
+
+def _check_norm_inputs(where: str, grads: Any, deltas: Any, outputs: Any = None) -> None:
+    named = {"deltas": deltas, "outputs": {} if outputs is None else outputs}
+    for arg, tree in (("grads", grads), *named.items()):
+        if not isinstance(tree, dict):
+            raise TypeError(f"{where}: {arg} must be a dict, got {type(tree).__name__}")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+        require_array(where, f"grads{jax.tree_util.keystr(path)}", leaf)
+    for arg, tree in named.items():
+        for name, a in tree.items():
+            if name in deltas:  # the taps of other layers are not read
+                require_array(where, f"{arg}[{name!r}]", a)
+
+
+def _norms(grads: Any, deltas: dict[str, Any], outputs: dict[str, Any] | None) -> dict[str, Any]:
+    norms = {"delta": {name: _mean_norm(d) for name, d in deltas.items()}}
+    if outputs is not None:
+        norms["activation"] = {name: _mean_norm(a) for name, a in outputs.items() if name in deltas}
+    norms["grad"] = {name: _total_norm(g) for name, g in nn.by_layer(grads).items()}
+    return norms
+
+
+def step_norms(
+    grads: Any, deltas: dict[str, Any], outputs: dict[str, Any] | None = None
+) -> dict[str, dict[str, jax.Array]]:
+    """One step's per-layer norms, as arrays (works under ``jit``): ``delta`` ‖∂C/∂(output)‖
+    and, with ``outputs`` (the forward pass's taps), ``activation`` ‖a‖, each the mean over the
+    batch of the per-example L2 norm, for every layer in ``deltas``; and ``grad`` ‖∂C/∂θ‖, all
+    of a layer's gradient arrays together (layers as :func:`manual_bp.nn.by_layer` finds
+    them). Half-precision arrays are summed in float32."""
+    _check_norm_inputs("step_norms", grads, deltas, outputs)
+    return _norms(grads, deltas, outputs)
+
+
 def layer_norms(grads: Any, deltas: dict[str, Any]) -> dict[str, dict[str, float]]:
     """L2 norms of every layer's delta (mean over the batch of the per-example norm) and of
-    every layer's parameter gradient (all its leaves together)."""
-    for arg, tree in (("grads", grads), ("deltas", deltas)):
-        if not isinstance(tree, dict):
-            raise TypeError(f"layer_norms: {arg} must be a dict, got {type(tree).__name__}")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
-        require_array("layer_norms", f"grads{jax.tree_util.keystr(path)}", leaf)
-    for name, d in deltas.items():
-        require_array("layer_norms", f"deltas[{name!r}]", d)
-    delta_norms = {}
-    for name, d in deltas.items():
-        d = jnp.reshape(d, (d.shape[0], -1)) if d.ndim > 1 else jnp.reshape(d, (1, -1))
-        delta_norms[name] = float(jnp.mean(jnp.sqrt(jnp.sum(d * d, axis=1))))
-    grad_norms = {}
-
-    def walk(tree, prefix):
-        if isinstance(tree, dict) and any(isinstance(v, dict) for v in tree.values()):
-            for k, v in tree.items():
-                walk(v, f"{prefix}{k}/")
-            return
-        leaves = jax.tree.leaves(tree)
-        if leaves:
-            grad_norms[prefix.rstrip("/")] = float(
-                jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
-            )
-
-    walk(grads, "")
-    return {"delta": delta_norms, "grad": grad_norms}
-
-
-def _atomic_write(path: Path, write: Any, mode: str = "w") -> None:
-    """``write(f)`` into a new temporary file beside ``path`` (created exclusively, so a link
-    planted there is never followed), fsync, then rename over ``path``: a symbolic link at
-    ``path`` is replaced, not written through, and a crash leaves the old file whole."""
-    umask = os.umask(0)
-    os.umask(umask)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide them from others
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    every layer's parameter gradient (all its leaves together), as floats: the ``delta`` and
+    ``grad`` parts of :func:`step_norms`."""
+    _check_norm_inputs("layer_norms", grads, deltas)
+    norms = _norms(grads, deltas, None)
+    return {kind: {name: float(v) for name, v in of.items()} for kind, of in norms.items()}
 
 
 def _check_path(where: str, path: Any, *, folder: bool = False) -> Path:
@@ -114,7 +126,7 @@ def write_metrics(path: str | os.PathLike[str], records: list[dict[str, Any]]) -
     def write(f):
         f.writelines(lines)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -169,7 +181,7 @@ def write_plots(folder: str | os.PathLike[str], records: list[dict[str, Any]]) -
 
     def save(fig, name):
         fig.tight_layout()
-        _atomic_write(folder / name, lambda f: fig.savefig(f, format="png", dpi=100), "wb")
+        atomic_write(folder / name, lambda f: fig.savefig(f, format="png", dpi=100), "wb")
         plt.close(fig)
         written.append(folder / name)
 

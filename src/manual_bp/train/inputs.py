@@ -14,10 +14,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import nn
-from .data import Dataset
+from .. import nn
+from ..data import Dataset
 
-__all__ = ["check_fit_inputs"]
+__all__ = ["check_dataset", "check_fit_inputs"]
 
 
 def _array(name: str, a: Any) -> np.ndarray:
