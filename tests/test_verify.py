@@ -250,3 +250,57 @@ def test_audit_passes_in_float64_on_each_family_of_rules():
     failed = [(r["name"], r["diagnoses"]) for r in results if not r["ok"]]
     assert not failed, failed
     assert {r["rule"] for r in results} == set(AUDITED) <= set(RULES)
+
+
+# --- the network check's error model: each number on the scale of its computation ----------
+
+
+def test_bundled_networks_pass_in_float64_and_float32():
+    """A bias before batch norm has an exact gradient of 0: its rounding noise is judged on the
+    scale of its layer's whole gradient, not on its own."""
+    from manual_bp.verify.audit import audit_networks
+
+    results = audit_networks()
+    assert {(r["name"], r["dtype"]) for r in results} >= {("batch-norm-dropout", "float32")}
+    failed = [(r["name"], r["dtype"], r["worst"], r["max_rel"]) for r in results if not r["ok"]]
+    assert not failed, failed
+
+
+def _bias_before_batch_norm(db_error):
+    dense = nn.Dense(6, name="dense_0")
+
+    def backward(p, tape, dz):
+        grads, deltas, dx = dense.backward(p, tape, dz)
+        return {"w": grads["w"], "b": grads["b"] + db_error}, deltas, dx
+
+    net = nn.serial(dense._replace(backward=backward), nn.BatchNorm(), nn.Tanh(), nn.Dense(3))
+    x = arr(8, 4, dtype=jnp.float64)
+    params = net.init(jax.random.key(0), x.shape, jnp.float64)
+    state = net.init_state(jax.random.key(0), x.shape, jnp.float64)
+    y = jnp.asarray(RNG.integers(0, 3, 8), jnp.int32)
+    return check_network(net, "softmax_cross_entropy", params, x, y, state=state)
+
+
+def test_a_zero_gradient_is_not_held_to_its_rounding_noise_but_a_real_error_there_fails():
+    good = _bias_before_batch_norm(0.0)
+    assert good.ok, str(good)
+    bias = next(c for c in good.leaves if c.primal == "grads/dense_0/b")
+    weight = next(c for c in good.leaves if c.primal == "grads/dense_0/w")
+    assert bias.scale == weight.scale > 0  # the layer's whole gradient sets the scale
+
+    bad = _bias_before_batch_norm(1e-3)
+    assert not bad.ok
+    assert bad.first_divergent == bad.culprit == "dense_0"
+    assert not next(c for c in bad.leaves if c.primal == "grads/dense_0/b").ok
+
+
+def test_a_small_loss_is_judged_on_its_terms_and_logits():
+    """A converged run's loss is small; its rounding comes from logits of order 10."""
+    net = nn.serial(nn.Dense(3))
+    x = arr(16, 4)
+    params = net.init(jax.random.key(0), x.shape)
+    params = {"dense_0": {"w": 10.0 * params["dense_0"]["w"], "b": params["dense_0"]["b"]}}
+    y = jnp.argmax(net.forward(params, x)[0], axis=-1).astype(jnp.int32)
+    report = check_network(net, "softmax_cross_entropy", params, x, y)
+    assert report.ok, str(report)
+    assert report.loss < 0.5 and report.leaves[0].scale > 5 * report.loss

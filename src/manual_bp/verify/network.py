@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import reference
@@ -144,10 +145,11 @@ def check_network(
     def judge(path: str, a: Any, b: Any, floor: float = 0.0) -> Comparison:
         return compare(f64(a), f64(b), dtype, tol, floor, path, "reference")
 
-    # the loss is judged on the scale of a loss of order 1, so a converged run's small loss is
-    # not held to its own rounding
-    leaves = [judge("loss", c, rc, floor=1.0)]
-    leaves += _judge_tree("grads", grads, rgrads, judge)
+    # each number is judged on the scale of the computation that produced it: the loss on its
+    # per-example terms and the logits they came from, a gradient on its layer's whole gradient
+    leaves = [judge("loss", c, rc, floor=_loss_scale(net, loss, *args, key, stateful, train))]
+    layer_scale = _layer_scales(rgrads)
+    leaves += _judge_tree("grads", grads, rgrads, judge, layer_scale)
     leaves += [judge(f"deltas/{k}", deltas[k], rdeltas[k]) for k in deltas]
     state_leaves = _judge_tree("state", new_state, r_new_state, judge)
     leaves += state_leaves
@@ -196,16 +198,52 @@ def check_network(
     )
 
 
-def _judge_tree(root: str, mine: Any, ref: Any, judge: Any) -> list[Comparison]:
-    """``judge(path, m, r)`` for every leaf of two trees of one structure, paths ``root/a/b``."""
-    paths = [
-        "/".join([root, *(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)])
-        for path, _ in jax.tree_util.tree_leaves_with_path(mine)
+def _paths(tree: Any) -> list[tuple[str, ...]]:
+    return [
+        tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(tree)
     ]
+
+
+def _layer_scales(grads: Any) -> dict[tuple[str, ...], float]:
+    """The size of each layer's whole gradient, max |g| over its arrays, by the layer's path
+    (the path of a gradient array less its last part: ``("block", "dense_0")`` for ``w``)."""
+    scales: dict[tuple[str, ...], float] = {}
+    for path, leaf in zip(_paths(grads), jax.tree.leaves(grads), strict=True):
+        size = float(np.max(np.abs(f64(leaf)), initial=0.0))
+        scales[path[:-1]] = max(scales.get(path[:-1], 0.0), size)
+    return scales
+
+
+def _loss_scale(net, loss, *args) -> float:
+    """The scale of the computation behind the loss: its per-example terms Cⁿ and the network's
+    outputs (the logits), from the reference forward, so a wrong handwritten forward cannot
+    widen its own tolerance. The loss rule's own forward gives the terms for a loss of the
+    user's own."""
+    *arrays, key, stateful, train = args
+    params, state, x, y = arrays if stateful else (arrays[0], None, *arrays[1:])
+    loss_fn = reference.FORWARD.get(loss.name) or (lambda o, t: loss.fwd(o, t)[0])
+
+    def scale(params, state, x, y, key):
+        out = reference.forward(net, params, x, state=state, key=key, train=train)
+        terms = jax.vmap(lambda o, t: loss_fn(o[None], t[None]))(out, y)
+        return jnp.maximum(jnp.max(jnp.abs(terms)), jnp.max(jnp.abs(out)))
+
+    return float(jax.jit(scale)(params, state, x, y, key))
+
+
+def _judge_tree(
+    root: str, mine: Any, ref: Any, judge: Any, scales: dict[tuple[str, ...], float] | None = None
+) -> list[Comparison]:
+    """``judge(path, m, r, floor)`` for every leaf of two trees of one structure, paths
+    ``root/a/b``; ``scales`` gives each leaf's floor by its parent's path."""
+    parts = _paths(mine)
+    paths = ["/".join([root, *p]) for p in parts]
     m_leaves, r_leaves = jax.tree.leaves(mine), jax.tree.leaves(ref)
     if jax.tree.structure(mine) != jax.tree.structure(ref):
         raise ValueError(
             f"check_network: the handwritten and the reference {root} differ in structure: "
             f"{jax.tree.structure(mine)} vs {jax.tree.structure(ref)}"
         )
-    return [judge(p, a, b) for p, a, b in zip(paths, m_leaves, r_leaves, strict=True)]
+    floors = [0.0 if scales is None else scales.get(p[:-1], 0.0) for p in parts]
+    return [judge(p, a, b, f) for p, a, b, f in zip(paths, m_leaves, r_leaves, floors, strict=True)]

@@ -85,6 +85,8 @@ class Comparison:
     worst_index: tuple[int, ...]
     ok: bool
     note: str = ""
+    scale: float = 0.0
+    """The scale the error was judged on: max(max|e|, the scale of the computation)."""
 
 
 def f64(x: Any) -> np.ndarray:
@@ -105,7 +107,14 @@ def ulp_spacing(e: np.ndarray, dtype: Any, scale: float) -> np.ndarray:
 
 
 def compare(a, e, dtype, tol, floor, primal, against, exclude=None) -> Comparison:
-    """Compare arrays a (got) and e (expected), both float64 numpy of one shape."""
+    """Compare arrays a (got) and e (expected), both float64 numpy of one shape.
+
+    The error is judged on the scale of the computation, not of the result alone:
+    ``scale = max(max|e|, floor)``, where ``floor`` is the size of the terms the result was
+    computed from (a backward's cotangent, a layer's whole gradient, a loss's per-example terms
+    and logits), and ``|a − e| <= tol·|e| + tol·scale`` per element. A result that is exactly 0
+    (a bias before a normalization) is held to the rounding of that computation, not to 0.
+    """
     finite = np.isfinite(e) & np.isfinite(a)
     pattern = (np.isfinite(a) != np.isfinite(e)) | (~np.isfinite(e) & (a != e))
     same_nonfinite = not pattern.any()
@@ -123,6 +132,7 @@ def compare(a, e, dtype, tol, floor, primal, against, exclude=None) -> Compariso
         against=against,
         max_abs=max_abs,
         max_rel=max_abs / scale,
+        scale=scale,
         max_ulp=float(ulp.max(initial=0)),
         worst_index=tuple(int(j) for j in i),
         ok=bool(not bad.any() and same_nonfinite),
