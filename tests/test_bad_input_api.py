@@ -27,7 +27,6 @@ import manual_bp
 from manual_bp import (
     RULES,
     adapter,
-    audit,
     credit,
     data,
     nn,
@@ -38,6 +37,7 @@ from manual_bp import (
 )
 from manual_bp.data import Dataset
 from manual_bp.train import checkpoint, guard, report
+from manual_bp.verify import audit
 
 f32 = jnp.float32
 KEY = jax.random.key(0)
@@ -1252,6 +1252,34 @@ BAD = [
         ValueError,
         r"argument --mesh-shape: expected DATA or DATAxMODEL",
     ),
+    (
+        "tolerance_for kind",
+        "tolerance_for",
+        lambda t: verify.tolerance_for(f32, "loose"),
+        ValueError,
+        r"tolerance_for: kind must be one of \('rule', 'network'\), got 'loose'",
+    ),
+    (
+        "tolerance_for dtype",
+        "tolerance_for",
+        lambda t: verify.tolerance_for("no-such-dtype"),
+        TypeError,
+        r"tolerance_for: expected a dtype, got 'no-such-dtype'",
+    ),
+    (
+        "audit_networks dtypes",
+        "audit_networks",
+        lambda t: audit.audit_networks(["float16"]),
+        ValueError,
+        r"audit_networks: dtypes must be a sequence of 'float64' and 'float32'",
+    ),
+    (
+        "audit_networks progress",
+        "audit_networks",
+        lambda t: audit.audit_networks(progress=3),
+        TypeError,
+        r"audit_networks: progress must be callable or None, got int",
+    ),
     # --- manual_bp.audit (its messages name the ``manual-bp verify`` command) ---
     (
         "audit unknown dtype",
@@ -1558,6 +1586,7 @@ NOT_CALLED_WITH_DATA = {
     "NonFiniteError": "an exception class (raised by fit, built by guard.diagnose)",
     "Comparison": "a result type (of check_rule and check_network)",
     "LayerCheck": "a result type (of check_network)",
+    "Tolerance": "a NamedTuple of two numbers (a row of the tolerance table)",
 }
 
 

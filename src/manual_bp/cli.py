@@ -254,17 +254,13 @@ def _parser() -> argparse.ArgumentParser:
         "--all-shapes", action="store_true", help="every shape of the table (default: the first)"
     )
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    from .bench import DESCRIPTION as _BENCH_DESCRIPTION
     from .bench import add_arguments as _bench_arguments
 
     bench = sub.add_parser(
         "bench",
         help="side-by-side speed and memory benchmarks: manual vs jax.grad, PyTorch, numpy",
-        description=(
-            "Run the benchmark suite of the source checkout's benchmarks/ folder (the same as "
-            "python -m benchmarks): training-step time of the handwritten backward against "
-            "jax.grad of the reference, PyTorch and numpy, achieved GFLOP/s against the "
-            "measured matmul rate, compile time and memory. Writes results.json and results.md."
-        ),
+        description=_BENCH_DESCRIPTION + " The same suite runs as python -m benchmarks.",
     )
     bench.set_defaults(command_parser=bench)
     _bench_arguments(bench)

@@ -34,19 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .nn import (
-    Context,
-    Layer,
-    Shape,
-    by_layer,
-    check_context,
-    check_input,
-    check_params,
-    check_state,
-    residual,
-    serial,
-    serial_backward,
-)
+from .nn import Context, Layer, by_layer, check_params, check_state, residual, serial
+from .nn.core import Shape, check_context, check_input, serial_backward
 from .rules import Rule, get_rule
 from .rules.attention import AttentionResiduals
 from .rules.recurrent import GRUResiduals, LSTMResiduals, RNNResiduals

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from .nn import Context, Layer, check_input, check_params, check_state, has_state
+from .nn import Context, Layer, check_params, check_state, has_state
+from .nn.core import check_input
 from .rules import Rule, get_rule
 from .rules.stochastic import require_key
 

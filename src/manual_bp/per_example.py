@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from .grad import value_and_grad
-from .nn import Layer, check_input, check_params, has_state
+from .nn import Layer, check_params, has_state
+from .nn.core import check_input
 from .rules import Rule, get_rule
 
 __all__ = ["clip_per_example", "gradient_statistics", "per_example_grads"]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
+
 __all__ = ["to_markdown", "write_results"]
 
 
@@ -96,6 +98,7 @@ def write_results(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if results["config"]["dtype"] == "float32" else f"-{results['config']['dtype']}"
     json_path, md_path = out / f"results{suffix}.json", out / f"results{suffix}.md"
-    json_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    md_path.write_text(to_markdown(results), encoding="utf-8")
+    text = json.dumps(results, indent=1) + "\n"
+    atomic_write(json_path, lambda f: f.write(text))
+    atomic_write(md_path, lambda f: f.write(to_markdown(results)))
     return json_path, md_path

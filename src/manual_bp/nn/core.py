@@ -55,6 +55,7 @@ __all__ = [
     "check_params",
     "check_state",
     "child_context",
+    "forward_order",
     "has_state",
     "parameter_free",
     "residual",
@@ -432,6 +433,18 @@ def by_layer(tree: Params) -> dict[str, Params]:
 
     walk(tree, "")
     return entries
+
+
+def forward_order(net: Layer) -> list[str]:
+    """Delta names in forward order (a container after its children), from the description."""
+
+    def walk(layer, prefix):
+        for child in layer.children:
+            name = prefix + child.name
+            yield from walk(child, name + "/")
+            yield name
+
+    return list(walk(net, ""))
 
 
 def has_state(net: Layer) -> bool:

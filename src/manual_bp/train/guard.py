@@ -36,8 +36,8 @@ import numpy as np
 
 from .. import nn
 from .._checks import prefix_errors, require_array, require_int, require_leaves, require_ndim
+from ..nn.core import forward_order
 from ..rules import Rule
-from ..verify import forward_order
 
 __all__ = [
     "EXIT_NON_FINITE",

@@ -13,9 +13,9 @@
   registered rule and the full audit behind ``manual-bp verify``.
 """
 
-from .network import LayerCheck, NetworkReport, check_network, forward_order
+from .network import LayerCheck, NetworkReport, check_network
 from .rule import RuleReport, assert_rule_correct, check_rule
-from .tolerances import MAX_FD_ELEMENTS, TOLERANCE, Comparison, Tolerance, compare, tolerance_for
+from .tolerances import MAX_FD_ELEMENTS, TOLERANCE, Comparison, Tolerance, tolerance_for
 
 __all__ = [
     "MAX_FD_ELEMENTS",
@@ -28,7 +28,5 @@ __all__ = [
     "assert_rule_correct",
     "check_network",
     "check_rule",
-    "compare",
-    "forward_order",
     "tolerance_for",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import nn
+from .._files import atomic_write
 from ..rules import RULES
 from .network import check_network
 from .rule import check_rule
@@ -216,7 +216,8 @@ def audit_networks(
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    """Write JSON atomically (:func:`manual_bp._files.atomic_write`): a temporary file in the
+    same folder, fsynced, then renamed over ``path``."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"write_json: path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
@@ -229,11 +230,4 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> None:
         text = json.dumps(payload, indent=2, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"write_json: payload is not JSON-serializable: {e}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text))

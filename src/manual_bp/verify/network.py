@@ -18,10 +18,11 @@ import reference
 from .._checks import prefix_errors
 from ..grad import value_grad_and_deltas
 from ..nn import Layer
+from ..nn.core import forward_order
 from ..rules import Rule, get_rule
 from .tolerances import Comparison, check_tolerance, compare, f64, is_float, tolerance_for
 
-__all__ = ["LayerCheck", "NetworkReport", "check_network", "forward_order"]
+__all__ = ["LayerCheck", "NetworkReport", "check_network"]
 
 
 @dataclasses.dataclass
@@ -80,18 +81,6 @@ class NetworkReport:
             )
         lines.append("result: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
-
-
-def forward_order(net: Any) -> list[str]:
-    """Delta names in forward order (a container after its children), from the description."""
-
-    def walk(layer, prefix):
-        for child in layer.children:
-            name = prefix + child.name
-            yield from walk(child, name + "/")
-            yield name
-
-    return list(walk(net, ""))
 
 
 def subtree(tree: Any, name: str) -> Any:

@@ -50,8 +50,13 @@ TOLERANCE: dict[str, Tolerance] = {
 def tolerance_for(dtype: Any, kind: str = "rule") -> float:
     """The tolerance of ``kind`` (``"rule"`` or ``"network"``) for ``dtype`` (float32's for a
     dtype outside the table)."""
-    entry = TOLERANCE.get(np.dtype(dtype).name, TOLERANCE["float32"])
-    return getattr(entry, kind)
+    if kind not in Tolerance._fields:
+        raise ValueError(f"tolerance_for: kind must be one of {Tolerance._fields}, got {kind!r}")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"tolerance_for: expected a dtype, got {dtype!r}") from None
+    return getattr(TOLERANCE.get(name, TOLERANCE["float32"]), kind)
 
 
 def check_tolerance(where: str, tolerance: Any) -> None:
