@@ -2,7 +2,7 @@
 
 ``tests/test_bad_input.py`` covers the rules, ``value_and_grad`` and the params tree; this
 table walks the rest of the public API: every layer constructor and forward of
-``manual_bp.nn``, the verification tools (``manual_bp.verify``, ``manual_bp.audit``), the
+``manual_bp.nn``, the verification tools (``manual_bp.verify``, ``manual_bp.verify.audit``), the
 data loaders, ``fit`` and its non-finite guard (``manual_bp.train.guard``), checkpoints, run
 outputs (``manual_bp.train.report``), the device mesh (``manual_bp.parallel``, on one device),
 ``manual_bp.adapter`` and the ``manual-bp`` commands. Every error is a ValueError or
@@ -1280,7 +1280,7 @@ BAD = [
         TypeError,
         r"audit_networks: progress must be callable or None, got int",
     ),
-    # --- manual_bp.audit (its messages name the ``manual-bp verify`` command) ---
+    # --- manual_bp.verify.audit (its messages name the ``manual-bp verify`` command) ---
     (
         "audit unknown dtype",
         "audit",

@@ -3,6 +3,13 @@
 The lecture in five lines: C(θ) = Σₙ Cⁿ(θ); ∂C/∂w = ∂z/∂w · ∂C/∂z; the forward pass gives
 ∂z/∂w = a; the backward pass gives ∂C/∂z = σ'(z) Σₖ wₖ ∂C/∂z'ₖ from the output layer back; at
 the output layer ∂C/∂z comes from the loss.
+
+The packages follow the data's way (``docs/architecture.md``): :mod:`~manual_bp.rules` (the
+primitive operations, forward and backward side by side), :mod:`~manual_bp.nn` (layers and
+networks), :mod:`~manual_bp.grad` (the two passes), :mod:`~manual_bp.verify` (every rule and
+network against autodiff), the research tools :mod:`~manual_bp.credit` and
+:mod:`~manual_bp.per_example`, :mod:`~manual_bp.parallel`, :mod:`~manual_bp.data` and
+:mod:`~manual_bp.train` (``fit`` and the ``manual-bp train`` run).
 """
 
 from . import credit, nn, parallel, per_example, rules
