@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import nn
+from .._checks import require_int
 from .._files import atomic_write
 from ..rules import RULES
 from .network import check_network
 from .rule import check_rule
 from .table import ROWS
 
-__all__ = ["NETWORKS", "audit", "audit_networks", "write_json"]
+__all__ = ["NETWORKS", "audit", "audit_networks", "check_one_network", "write_json"]
 
 
 def _mlp(act: Callable[[], nn.Layer], depth: int = 2) -> nn.Layer:
@@ -169,50 +170,65 @@ def audit_networks(
         )
     results = []
     with jax.enable_x64(True):
-        for net_name, (make, loss) in NETWORKS.items():
-            for dtype in (jnp.float64, jnp.float32):
-                name = np.dtype(dtype).name
+        for net_name in NETWORKS:
+            for name in ("float64", "float32"):
                 if dtypes and name not in dtypes:
                     continue
-                start = time.perf_counter()
-                rng = _seed(net_name, name)
-                net = make()
-                x = jnp.asarray(rng.standard_normal((8, 4)), dtype)
-                params = net.init(jax.random.key(0), x.shape, dtype)
-                state = net.init_state(jax.random.key(0), x.shape, dtype)
-                report = check_network(
-                    net,
-                    loss,
-                    params,
-                    x,
-                    _targets(loss, rng, 8, dtype),
-                    state=state if nn.has_state(net) else None,
-                    key=jax.random.key(1),
-                )
-                worst = max(report.leaves, key=lambda c: c.max_rel)
-                result = {
-                    "kind": "network",
-                    "name": net_name,
-                    "rule": loss,
-                    "dtype": name,
-                    "checks": len(report.layers),
-                    "max_abs": max(c.max_abs for c in report.leaves),
-                    "max_rel": worst.max_rel,
-                    "worst": worst.primal,
-                    "max_ulp": float("nan"),
-                    "ok": report.ok,
-                    "diagnoses": []
-                    if report.ok
-                    else [
-                        f"first divergent delta {report.first_divergent!r} "
-                        f"(from the backward of {report.culprit!r})"
-                    ],
-                    "seconds": time.perf_counter() - start,
-                }
+                result = check_one_network(net_name, name)
                 results.append(result)
                 if progress:
                     progress(result)
     return results
+
+
+def check_one_network(net_name: str, dtype: str, seed: int = 0) -> dict[str, Any]:
+    """Check the bundled network ``net_name`` in ``dtype`` ("float64" or "float32") on inputs
+    and targets drawn from ``seed``, in training mode with its initial state and a fixed key;
+    one result as :func:`audit` reports it."""
+    if net_name not in NETWORKS:
+        raise ValueError(
+            f"check_one_network: unknown network {net_name!r}; bundled: {sorted(NETWORKS)}"
+        )
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"check_one_network: dtype must be 'float64' or 'float32', got {dtype!r}")
+    require_int("check_one_network", "seed", seed, "an int >= 0", at_least=0)
+    make, loss = NETWORKS[net_name]
+    start = time.perf_counter()
+    rng = _seed(net_name, dtype) if seed == 0 else _seed(net_name, dtype, seed)
+    net = make()
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((8, 4)), dtype)
+        params = net.init(jax.random.key(seed), x.shape, dtype)
+        state = net.init_state(jax.random.key(seed), x.shape, dtype)
+        report = check_network(
+            net,
+            loss,
+            params,
+            x,
+            _targets(loss, rng, 8, dtype),
+            state=state if nn.has_state(net) else None,
+            key=jax.random.key(seed + 1),
+        )
+    worst = max(report.leaves, key=lambda c: c.max_rel)
+    return {
+        "kind": "network",
+        "name": net_name,
+        "rule": loss,
+        "dtype": dtype,
+        "checks": len(report.layers),
+        "max_abs": max(c.max_abs for c in report.leaves),
+        "max_rel": worst.max_rel,
+        "worst": worst.primal,
+        "max_ulp": float("nan"),
+        "ok": report.ok,
+        "diagnoses": []
+        if report.ok
+        else [
+            f"first divergent delta {report.first_divergent!r} "
+            f"(from the backward of {report.culprit!r})"
+        ],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
