@@ -35,9 +35,17 @@ from .oracles import (
     finite_difference_comparison,
     reference_forward,
 )
-from .tolerances import Comparison, check_tolerance, compare, f64, is_float, tolerance_for
+from .tolerances import (
+    ROUNDING_FACTOR,
+    Comparison,
+    check_tolerance,
+    compare,
+    f64,
+    is_float,
+    tolerance_for,
+)
 
-__all__ = ["RuleReport", "assert_rule_correct", "check_rule"]
+__all__ = ["RuleReport", "assert_rule_correct", "check_rule", "comparison_floors"]
 
 
 @dataclasses.dataclass
@@ -180,11 +188,11 @@ def check_rule(
             cotangents = [cotangents]
         cts = [validate_cotangent(rule.name, g, out) for g in cotangents]
     stacked = jnp.stack(cts)
-    floor = float(np.max(np.abs(f64(stacked)), initial=0))
 
     ref_fn = reference_forward(rule)
     key = tuple(sorted(static.items()))
     out, ours, theirs, ref_out, ref_cts = evaluator(rule, key, diff, ref_fn)(primals, stacked)
+    floors = comparison_floors(rule, key, diff, ref_fn, primals, stacked, theirs, ref_cts, tol)
 
     if not isinstance(ours, tuple) or len(ours) != len(primals):
         raise TypeError(
@@ -244,14 +252,14 @@ def check_rule(
             continue
         kink = kinks.get(i)
         kink_all = None if kink is None else np.broadcast_to(kink, a_all.shape)
-        comp = compare(a_all, e_all, dtype, tol, floor, label, "jax.vjp(fwd)", kink_all)
+        comp = compare(a_all, e_all, dtype, tol, floors[k], label, "jax.vjp(fwd)", kink_all)
         comp.worst_index = comp.worst_index[1:]
         if kink is not None and kink.any():
             comp.note = f"{int(kink.sum())} kink point(s) checked by one-sided differences"
         comparisons.append(comp)
         if ref_cts is not None:
             rc = compare(
-                a_all, f64(ref_cts[k]), dtype, tol, floor, label, "jax.vjp(reference)", kink_all
+                a_all, f64(ref_cts[k]), dtype, tol, floors[k], label, "jax.vjp(reference)", kink_all
             )
             rc.worst_index = rc.worst_index[1:]
             comparisons.append(rc)
@@ -296,6 +304,44 @@ def check_rule(
         warnings=warnings,
         ok=ok,
     )
+
+
+def comparison_floors(
+    rule: Rule,
+    key: tuple,
+    diff: tuple[int, ...],
+    ref_fn: Any,
+    primals: tuple,
+    stacked: Any,
+    theirs: tuple,
+    ref_cts: tuple | None,
+    tol: float,
+) -> list[float]:
+    """The scale of the computation behind each differentiable primal's cotangent: the largest
+    cotangent entry, and below float64 :data:`~manual_bp.verify.tolerances.ROUNDING_FACTOR` ×
+    the rounding error of ``jax.vjp`` itself in that dtype (against float64, on the same
+    inputs), over ``tol`` — so the bound ``tol · scale`` admits that much rounding."""
+    floor = float(np.max(np.abs(f64(stacked)), initial=0))
+    if np.dtype(stacked.dtype) == np.float64:
+        return [floor] * len(diff)
+    with jax.enable_x64(True):
+        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
+        _, _, theirs64, _, ref64 = evaluator(rule, key, diff, ref_fn)(
+            p64, stacked.astype(jnp.float64)
+        )
+    floors = []
+    for k in range(len(diff)):
+        pairs = [(theirs[k], theirs64[k])]
+        if ref_cts is not None:
+            pairs.append((ref_cts[k], ref64[k]))
+        with np.errstate(invalid="ignore"):
+            noise = max(
+                float(np.nanmax(np.abs(f64(a) - f64(b)), initial=0))
+                for a, b in pairs
+                if np.shape(a) == np.shape(b)
+            )
+        floors.append(max(floor, ROUNDING_FACTOR * noise / max(tol, 1e-300)))
+    return floors
 
 
 def assert_rule_correct(rule: Rule | str, *primals: Any, **kwargs: Any) -> RuleReport:

@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "MAX_FD_ELEMENTS",
+    "ROUNDING_FACTOR",
     "TOLERANCE",
     "Comparison",
     "Tolerance",
@@ -45,6 +46,13 @@ TOLERANCE: dict[str, Tolerance] = {
     "bfloat16": Tolerance(rule=2e-2, network=1e-1),
 }
 """Default tolerances by dtype name: |a − e| <= tol·|e| + tol·max(max|e|, floor) per element."""
+
+
+ROUNDING_FACTOR = 4.0
+"""How many times autodiff's own rounding error a handwritten result may carry. Below float64,
+a backward is also judged on the rounding that ``jax.vjp`` of the same forward makes in that
+dtype (measured against float64): a cancellation the dtype cannot resolve (layer norm's
+``g γ − mean(g γ) − x̂ mean(g γ x̂)`` in bfloat16) is noise for autodiff too, not a bug."""
 
 
 def tolerance_for(dtype: Any, kind: str = "rule") -> float:
