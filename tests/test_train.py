@@ -414,6 +414,22 @@ def test_cli_adamw_with_clipping_runs_and_resume_checks_those_settings(tmp_path,
 
 
 @pytest.mark.slow
+def test_cli_cnn_gradient_checks_of_a_converged_run_and_its_resume_pass(tmp_path, capsys):
+    """A converged run's loss is small; its gradient checks judge it on the scale of its
+    per-example terms and logits, so none of them cries wolf, and the finished run resumes."""
+    argv = ["train", "--model", "cnn", "--epochs", "60", "--seed", "3", "--verify-every", "10"]
+    argv += ["--out", str(tmp_path / "cnn")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    checks = re.findall(r"^gradient check, (.*?), manual vs jax.grad .*: (\w+)$", out, re.M)
+    assert [w for w, _ in checks] == ["first batch"] + [f"epoch {e}" for e in range(10, 61, 10)]
+    assert all(status == "ok" for _, status in checks), checks
+    assert float(re.search(r"final test accuracy ([\d.]+)%", out)[1]) >= 98.0
+    assert main([*argv, "--resume"]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_cli_cnn_reaches_98_percent_on_digits(capsys):
     assert main(["train", "--model", "cnn", "--lr", "0.002", "--epochs", "40"]) == 0
     accuracy = float(re.search(r"final test accuracy ([\d.]+)%", capsys.readouterr().out)[1])
