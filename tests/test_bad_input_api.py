@@ -37,7 +37,7 @@ from manual_bp import (
 )
 from manual_bp.data import Dataset
 from manual_bp.train import checkpoint, guard, report
-from manual_bp.verify import audit
+from manual_bp.verify import audit, survey
 
 f32 = jnp.float32
 KEY = jax.random.key(0)
@@ -1280,6 +1280,62 @@ BAD = [
         TypeError,
         r"audit_networks: progress must be callable or None, got int",
     ),
+    (
+        "check_one_network name",
+        "check_one_network",
+        lambda t: audit.check_one_network("mlp-nope", "float32"),
+        ValueError,
+        r"check_one_network: unknown network 'mlp-nope'; bundled: \[",
+    ),
+    (
+        "check_one_network dtype",
+        "check_one_network",
+        lambda t: audit.check_one_network("mlp-tanh", "bfloat16"),
+        ValueError,
+        r"check_one_network: dtype must be 'float64' or 'float32', got 'bfloat16'",
+    ),
+    (
+        "false_alarms seeds",
+        "false_alarms",
+        lambda t: survey.false_alarms(seeds=0),
+        ValueError,
+        r"false_alarms: seeds must be a positive int, got 0",
+    ),
+    (
+        "false_alarms dtypes",
+        "false_alarms",
+        lambda t: survey.false_alarms(dtypes="float32"),
+        ValueError,
+        r"false_alarms: dtypes must be a sequence of",
+    ),
+    (
+        "detection_power kinds",
+        "detection_power",
+        lambda t: survey.detection_power(kinds=("flip",)),
+        ValueError,
+        r"detection_power: unknown kinds \['flip'\]",
+    ),
+    (
+        "detection_power progress",
+        "detection_power",
+        lambda t: survey.detection_power(progress="x"),
+        TypeError,
+        r"detection_power: progress must be callable or None, got str",
+    ),
+    (
+        "survey detection_seeds",
+        "survey",
+        lambda t: survey.survey(detection_seeds=0),
+        ValueError,
+        r"survey: detection_seeds must be a positive int, got 0",
+    ),
+    (
+        "to_markdown result",
+        "to_markdown",
+        lambda t: survey.to_markdown([]),
+        TypeError,
+        r"to_markdown: expected what survey\(\) returns",
+    ),
     # --- manual_bp.verify.audit (its messages name the ``manual-bp verify`` command) ---
     (
         "audit unknown dtype",
@@ -1604,7 +1660,7 @@ def test_every_public_callable_has_a_row():
         name
         for module in (
             *(manual_bp, nn, data, train, checkpoint, credit, per_example),
-            *(parallel, audit, report, guard, verify, adapter),
+            *(parallel, audit, report, guard, verify, adapter, survey),
         )
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)

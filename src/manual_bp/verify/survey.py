@@ -229,6 +229,8 @@ def survey(
 ) -> dict[str, Any]:
     """:func:`false_alarms` over ``seeds`` draws and :func:`detection_power` over
     ``detection_seeds``, with the time they took."""
+    _check_arguments("survey", seeds, dtypes, progress)
+    require_positive_int("survey", "detection_seeds", detection_seeds)
     start = time.perf_counter()
     alarms = false_alarms(seeds, dtypes, rows, networks, progress)
     power = detection_power(detection_seeds, dtypes, rows, progress=progress)
@@ -244,6 +246,12 @@ def survey(
 def to_markdown(result: dict[str, Any]) -> str:
     """The survey as two Markdown tables: false alarms per thousand checks by dtype, and the
     fraction of planted bugs caught by kind, size and dtype."""
+    keys = ("seeds", "detection_seeds", "false_alarms", "detection")
+    if not isinstance(result, dict) or not all(k in result for k in keys):
+        raise TypeError(
+            f"to_markdown: expected what survey() returns, a dict with keys {keys}, "
+            f"got {type(result).__name__}"
+        )
     fa = result["false_alarms"]
     lines = [
         f"False alarms ({result['seeds']} seeds per case):",
