@@ -24,20 +24,24 @@ import optax
 import pytest
 
 import manual_bp
+import reference
 from manual_bp import (
     RULES,
+    Rule,
     adapter,
     credit,
     data,
     nn,
     parallel,
     per_example,
+    testing,
     train,
     verify,
 )
 from manual_bp.data import Dataset
 from manual_bp.train import checkpoint, guard, report
 from manual_bp.verify import audit, survey
+from manual_bp.verify.table import unary
 
 f32 = jnp.float32
 KEY = jax.random.key(0)
@@ -49,6 +53,22 @@ def z(*shape, dtype=f32):
 
 def ints(*shape, value=0):
     return jnp.full(shape, value, jnp.int32)
+
+
+SCALE = Rule("scale", lambda x, a: (x * a, (x, a)), lambda r, g: (g * r[1], g * r[0]))
+TANH_ROW = verify.Row("tanh", unary, ((3,),))
+
+
+def scale_init(key, input_shape, dtype):
+    return {"a": jnp.ones(input_shape, dtype)}
+
+
+def scale_backward(rule):
+    """The backward of a from_rule layer y = x · a (a of x's shape) made from ``rule``."""
+    layer = nn.from_rule(rule, params=("a",), init=scale_init)
+    params = layer.init(KEY, (2, 3))
+    y, tape = layer.forward(params, z(2, 3))
+    return layer.backward(params, tape, y)
 
 
 RNG = np.random.default_rng(0)
@@ -463,6 +483,51 @@ BAD = [
         lambda t: nn.residual(nn.Dense(3)).init(KEY, (4, 5)),
         ValueError,
         r"residual: block 'dense_0' must keep the input shape \(4, 5\), its output is \(4, 3\)",
+    ),
+    (
+        "from_rule int",
+        "from_rule",
+        lambda t: nn.from_rule(3),
+        TypeError,
+        r"from_rule: expected a manual_bp\.Rule or a rule name, got int",
+    ),
+    (
+        "from_rule params str",
+        "from_rule",
+        lambda t: nn.from_rule(SCALE, params="a", init=scale_init),
+        TypeError,
+        r"from_rule\('scale'\): params must be a tuple of parameter names, got 'a'",
+    ),
+    (
+        "from_rule no init",
+        "from_rule",
+        lambda t: nn.from_rule(SCALE, params=("a",)),
+        TypeError,
+        r"from_rule\('scale'\): a layer with parameters \('a',\) needs init\(key, input_shape, "
+        r"dtype\) -> dict, got NoneType",
+    ),
+    (
+        "from_rule init without params",
+        "from_rule",
+        lambda t: nn.from_rule("tanh", init=scale_init),
+        ValueError,
+        r"from_rule\('tanh'\): init was given but params is empty; name the parameters",
+    ),
+    (
+        "from_rule init keys",
+        "from_rule",
+        lambda t: nn.from_rule(SCALE, params=("a",), init=lambda k, s, d: {"b": z(*s)}).init(
+            KEY, (2, 3)
+        ),
+        ValueError,
+        r"from_rule\('scale'\): init must return a dict with keys \['a'\], got \['b'\]",
+    ),
+    (
+        "from_rule bwd arity",
+        "from_rule",
+        lambda t: scale_backward(Rule("scale", SCALE.fwd, lambda r, g: (g * r[1],))),
+        TypeError,
+        r"from_rule\('scale'\): bwd must return 2 cotangents \(x, a\), got tuple of length 1",
     ),
     # --- manual_bp.nn: forwards and tree checks ----------------------------------------------
     (
@@ -1386,6 +1451,159 @@ BAD = [
         TypeError,
         r"write_json: payload is not JSON-serializable: Object of type object",
     ),
+    (
+        "audit networks unknown",
+        "audit",
+        lambda t: audit.audit(networks=["nope"]),
+        TypeError,
+        r"verify: networks must be a bool or a sequence of bundled network names",
+    ),
+    (
+        "audit_networks names",
+        "audit_networks",
+        lambda t: audit.audit_networks(names=["nope"]),
+        ValueError,
+        r"audit_networks: names must be a sequence of \[",
+    ),
+    (
+        "audit_module without ROWS",
+        "audit_module",
+        lambda t: audit.audit_module("json"),
+        ValueError,
+        r"verify --module json: the module has no ROWS; a module audited by manual-bp verify "
+        r"exposes ROWS",
+    ),
+    (
+        "audit_module rules str",
+        "audit_module",
+        lambda t: audit.audit_module("user_rules", rules="prelu"),
+        TypeError,
+        r"verify: rules must be a sequence of rule names, got 'prelu'",
+    ),
+    (
+        "check_case str row",
+        "check_case",
+        lambda t: audit.check_case("tanh", RULES["tanh"], (3,), f32, "normal"),
+        TypeError,
+        r"check_case: row must be a manual_bp\.verify\.Row, got str",
+    ),
+    (
+        "check_case domain",
+        "check_case",
+        lambda t: audit.check_case(TANH_ROW, RULES["tanh"], (3,), f32, "masked"),
+        ValueError,
+        r"check_case: domain must be one of \('normal', 'extreme'\), got 'masked'",
+    ),
+    (
+        "load_module int",
+        "load_module",
+        lambda t: audit.load_module(3),
+        TypeError,
+        r"load_module: module must be a module, a module name or a \.py path, got int",
+    ),
+    (
+        "load_module missing file",
+        "load_module",
+        lambda t: audit.load_module(t / "none.py"),
+        ValueError,
+        r"verify --module .*none\.py: no such file",
+    ),
+    (
+        "load_module import error",
+        "load_module",
+        lambda t: audit.load_module("no_such_module_here"),
+        ValueError,
+        r"verify --module no_such_module_here: cannot import it: ModuleNotFoundError",
+    ),
+    (
+        "load_rules without ROWS",
+        "load_rules",
+        lambda t: audit.load_rules("json"),
+        ValueError,
+        r"verify --module json: the module has no ROWS",
+    ),
+    (
+        "row_cases str",
+        "row_cases",
+        lambda t: audit.row_cases("tanh"),
+        TypeError,
+        r"row_cases: row must be a manual_bp\.verify\.Row, got str",
+    ),
+    (
+        "rules_of list",
+        "rules_of",
+        lambda t: audit.rules_of([1]),
+        TypeError,
+        r"rules_of: ROWS must be a tuple of manual_bp\.verify\.Row, got \[1\]",
+    ),
+    (
+        "rules_of unknown rule",
+        "rules_of",
+        lambda t: audit.rules_of((verify.Row("no_such_rule", unary, ((3,),)),)),
+        ValueError,
+        r"rules_of: rows name rule\(s\) \['no_such_rule'\], which are neither in RULES nor "
+        r"registered",
+    ),
+    # --- manual_bp.testing ---
+    (
+        "cases int",
+        "cases",
+        lambda t: testing.cases(3),
+        TypeError,
+        r"cases: ROWS must be a tuple of manual_bp\.verify\.Row, got 3",
+    ),
+    (
+        "cases rule without a row",
+        "cases",
+        lambda t: testing.cases((TANH_ROW,), {"tanh": RULES["tanh"], "relu": RULES["relu"]}),
+        ValueError,
+        r"cases: rule\(s\) \['relu'\] have no row, so they are never checked",
+    ),
+    (
+        "cases shapes 0",
+        "cases",
+        lambda t: testing.cases((TANH_ROW,), shapes=0),
+        ValueError,
+        r"cases: shapes must be a positive int or None \(all\), got 0",
+    ),
+    (
+        "check str",
+        "check",
+        lambda t: testing.check("tanh"),
+        TypeError,
+        r"check: case must be a manual_bp\.testing\.Case, got str",
+    ),
+    # --- reference.register: a reference forward for a layer kind of the user's own ---
+    (
+        "reference.register built-in kind",
+        "reference.register",
+        lambda t: reference.register("dense", lambda params, x: x),
+        ValueError,
+        r"reference\.register: kind 'dense' has a built-in reference forward",
+    ),
+    (
+        "reference.register not callable",
+        "reference.register",
+        lambda t: reference.register("my_kind", 3),
+        TypeError,
+        r"reference\.register\('my_kind'\): fn must be callable, got int",
+    ),
+    (
+        "check_network references list",
+        "check_network",
+        lambda t: verify.check_network(NET, "mse", PARAMS, z(8, 6), z(8, 3), references=[1]),
+        TypeError,
+        r"check_network: references must be a dict of layer kind -> fn\(params, x, \*\*config\)",
+    ),
+    (
+        "check_network references built-in kind",
+        "check_network",
+        lambda t: verify.check_network(
+            NET, "mse", PARAMS, z(8, 6), z(8, 3), references={"dense": lambda p, x: x}
+        ),
+        ValueError,
+        r"check_network: references: kind 'dense' has a built-in reference forward",
+    ),
     # --- manual_bp.train.report ---
     (
         "layer_norms grads str",
@@ -1609,6 +1827,14 @@ CLI_BAD = [
     (["train", "--resume", "--out", "{tmp}"], r"argument --resume: no checkpoint at .*"),
     (["verify", "--rule", "nope"], r"unknown rule\(s\) nope; registered: "),
     (["verify", "--dtype", "float8"], r"argument --dtype: invalid choice: 'float8'"),
+    (["verify", "--network", "nope"], r"unknown network\(s\) nope; bundled: mlp-sigmoid-deep"),
+    (["verify", "--module", "no_such_mod"], r"verify --module no_such_mod: cannot import it"),
+    (["verify", "--module", "json"], r"verify --module json: the module has no ROWS"),
+    (["verify", "--module", "user_rules", "--rule", "tanh"], r"unknown rule\(s\) tanh; the module"),
+    (
+        ["verify", "--module", "user_rules", "--network", "mlp-tanh"],
+        r"--network audits the bundled",
+    ),
     (["train", "--feedback", "xx"], r"argument --feedback: invalid choice: 'xx'"),
     (["train", "--dropout", "1.5"], r"argument --dropout: expected a rate in \[0, 1\), got '1.5'"),
     (["train", "--devices", "0"], r"argument --devices: expected a positive integer, got '0'"),
@@ -1643,13 +1869,16 @@ NOT_CALLED_WITH_DATA = {
     "Comparison": "a result type (of check_rule and check_network)",
     "LayerCheck": "a result type (of check_network)",
     "Tolerance": "a NamedTuple of two numbers (a row of the tolerance table)",
+    "Row": "a dataclass of one audit-table row (checked by rules_of and check_case)",
+    "Case": "a NamedTuple of one table case (made by cases, checked by check)",
 }
 
 
 def test_every_public_callable_has_a_row():
     """Each public callable of manual_bp, manual_bp.nn, data, train, checkpoint, credit,
-    per_example, parallel, audit, report, guard, verify and adapter has a row in this table or
-    in tests/test_bad_input.py, or is listed above as holding no inputs. Constants (DATA_AXIS,
+    per_example, parallel, audit, report, guard, verify, adapter, survey and testing has a row
+    in this table or in tests/test_bad_input.py, or is listed above as holding no inputs.
+    Constants (DATA_AXIS,
     PLOTS, NETWORKS, EXIT_NON_FINITE) are not callable and are skipped. (manual_bp.parallel's
     errors on 8 devices are tested in tests/test_parallel.py.)"""
     import test_bad_input
@@ -1660,7 +1889,7 @@ def test_every_public_callable_has_a_row():
         name
         for module in (
             *(manual_bp, nn, data, train, checkpoint, credit, per_example),
-            *(parallel, audit, report, guard, verify, adapter, survey),
+            *(parallel, audit, report, guard, verify, adapter, survey, testing),
         )
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)

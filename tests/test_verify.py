@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import reference
 from manual_bp import RULES, Rule, nn
 from manual_bp.verify import assert_rule_correct, check_network, check_rule
+from manual_bp.verify.audit import NETWORKS
+from user_rules import RULES as USER_RULES  # tests/user_rules: a package of a user's rules
+from user_rules import prelu_bwd, prelu_fwd
 
 RNG = np.random.default_rng(7)
 
@@ -255,12 +259,11 @@ def test_audit_passes_in_float64_on_each_family_of_rules():
 # --- the network check's error model: each number on the scale of its computation ----------
 
 
-def test_bundled_networks_pass_in_float64_and_float32():
+def test_bundled_networks_pass_in_float64_and_float32(verify_run):
     """A bias before batch norm has an exact gradient of 0: its rounding noise is judged on the
-    scale of its layer's whole gradient, not on its own."""
-    from manual_bp.verify.audit import audit_networks
-
-    results = audit_networks()
+    scale of its layer's whole gradient, not on its own. (The networks' results of the one
+    `manual-bp verify` run below, shared with its end-to-end test.)"""
+    results = [r for r in verify_run[1]["results"] if r["kind"] == "network"]
     assert {(r["name"], r["dtype"]) for r in results} >= {("batch-norm-dropout", "float32")}
     failed = [(r["name"], r["dtype"], r["worst"], r["max_rel"]) for r in results if not r["ok"]]
     assert not failed, failed
@@ -304,3 +307,296 @@ def test_a_small_loss_is_judged_on_its_terms_and_logits():
     report = check_network(net, "softmax_cross_entropy", params, x, y)
     assert report.ok, str(report)
     assert report.loss < 0.5 and report.leaves[0].scale > 5 * report.loss
+
+
+# --- describing what no pattern fits: each description has a planted bug ------------------
+
+
+def _swish_fwd(z, *, beta=1.0):
+    s = jax.nn.sigmoid(beta * z)
+    return z * s, (z, s)
+
+
+def _swish_bwd(res, g, *, beta=1.0):
+    z, s = res
+    return (g * (s + beta * z * s * (1 - s)),)
+
+
+def _swish_forgot_beta(res, g, *, beta=1.0):  # ∂/∂z of z σ(βz) without its factor β
+    z, s = res
+    return (g * (s + z * s * (1 - s)),)
+
+
+def _swish_extra_term(res, g, *, beta=1.0):  # right plus a term that grows with β
+    return (_swish_bwd(res, g, beta=beta)[0] + 0.05 * (1 + beta) * g,)
+
+
+def test_a_forgotten_factor_is_described_by_its_ratio_and_the_setting_it_vanishes_at():
+    good = check_rule(Rule("swish_beta", _swish_fwd, _swish_bwd), Z, beta=1.5)
+    assert good.ok, str(good)
+    (d,) = check_rule(Rule("swish_beta", _swish_fwd, _swish_forgot_beta), Z, beta=1.5).diagnoses
+    assert d.startswith("z: unclassified error at 20 of 20 elements, spread over all of them")
+    assert "× the true cotangent's" in d
+    assert "got/expected varies from" in d and ", a function of z" in d
+    assert "the error vanishes at beta=1 (beta is 1.5 here)" in d
+
+
+def test_an_error_that_changes_with_a_setting_is_described_so():
+    (d,) = check_rule(Rule("swish_beta", _swish_fwd, _swish_extra_term), Z, beta=1.5).diagnoses
+    assert "vanishes" not in d
+    assert "the error changes with beta: relative error" in d and "at beta=3" in d
+
+
+TANH = RULES["tanh"]
+
+
+def _tanh_with(edit):
+    return Rule("tanh_planted", TANH.fwd, lambda r, g: (edit(TANH.bwd(r, g)[0]),))
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (
+            lambda d: d.at[2].multiply(jnp.linspace(1, 2.2, 5, dtype=d.dtype)),
+            "confined to index 2 along axis 0",
+        ),
+        (lambda d: d.at[:, 1::2].add(0.5), "only at indices [1, 3] along axis 1"),
+        (lambda d: d.at[1, 2].add(0.5), "confined to the single element (1, 2)"),
+    ],
+    ids=["one row", "some columns", "one element"],
+)
+def test_where_an_error_sits_is_named_by_axis_and_index(edit, where):
+    (d,) = check_rule(_tanh_with(edit), Z).diagnoses
+    assert d.startswith("z: unclassified error at") and where in d, d
+    assert "worst at" in d
+
+
+def test_a_factor_confined_to_some_elements_is_named():
+    (d,) = check_rule(_tanh_with(lambda d: d.at[3].multiply(1.5)), Z).diagnoses
+    assert "confined to index 3 along axis 0" in d
+    assert "there got = 1.5 × expected, elsewhere it is right" in d
+
+
+# --- user layers in check_network -------------------------------------------------------------
+
+
+def _softsign_fwd(z):
+    return z / (1 + jnp.abs(z)), (z,)
+
+
+def _softsign_bwd(res, g):  # d/dz z/(1+|z|) = 1/(1+|z|)²
+    return (g / (1 + jnp.abs(res[0])) ** 2,)
+
+
+def _softsign_forgot_square(res, g):
+    return (g / (1 + jnp.abs(res[0])),)
+
+
+def _prelu_dalpha_unmasked(res, g):  # dα = Σ g x over every x, not only x ≤ 0
+    dx, _ = prelu_bwd(res, g)
+    x = res[0]
+    return dx, jnp.sum(g * x, axis=tuple(range(x.ndim - 1)))
+
+
+def _alpha_init(key, input_shape, dtype):
+    return {"alpha": jnp.asarray(np.linspace(0.1, 0.4, input_shape[-1]), dtype)}
+
+
+def _user_net(prelu=prelu_bwd, softsign=_softsign_bwd, prelu_fwd=prelu_fwd):
+    return nn.serial(
+        nn.Dense(5),
+        nn.from_rule(Rule("prelu", prelu_fwd, prelu), params=("alpha",), init=_alpha_init),
+        nn.Dense(6),
+        nn.from_rule(Rule("softsign", _softsign_fwd, softsign)),
+        nn.Dense(3),
+    )
+
+
+X8, Y8 = arr(8, 4), jnp.asarray(RNG.integers(0, 3, 8), jnp.int32)
+USER_PARAMS = _user_net().init(jax.random.key(0), X8.shape)
+
+
+def _check_user(net, **kw):
+    return check_network(net, "softmax_cross_entropy", USER_PARAMS, X8, Y8, **kw)
+
+
+def test_a_network_of_user_layers_passes_against_their_own_forwards_and_finite_differences():
+    report = _check_user(_user_net())
+    assert report.ok, str(report)
+    against = {lc.name: lc.against for lc in report.layers}
+    assert against == {
+        "dense_4": "reference",
+        "softsign_3": "jax.vjp(own forward)",
+        "dense_2": "reference",
+        "prelu_1": "jax.vjp(own forward)",
+        "dense_0": "reference",
+    }
+    fd = [c for c in report.leaves if c.against.startswith("finite differences")]
+    assert {c.primal for c in fd} == {
+        "grads/dense_0/w",
+        "grads/dense_0/b",
+        "grads/prelu_1/alpha",
+        "grads/dense_2/w",
+        "grads/dense_2/b",
+        "grads/dense_4/w",
+        "grads/dense_4/b",
+    }
+    assert all(c.ok and c.scale > 0 for c in fd)
+    assert "jax.vjp(own forward)" in str(report)
+
+
+def test_a_wrong_parameter_gradient_of_a_user_layer_is_named_by_layer_and_parameter():
+    report = _check_user(_user_net(prelu=_prelu_dalpha_unmasked))
+    assert not report.ok
+    assert (report.culprit, report.parameter) == ("prelu_1", "alpha")
+    prelu = next(lc for lc in report.layers if lc.name == "prelu_1")
+    assert prelu.delta_ok and not prelu.grad_ok and prelu.failed == ["alpha"]
+    assert all(lc.delta_ok and lc.grad_ok for lc in report.layers if lc.name != "prelu_1")
+    (d,) = report.diagnoses
+    assert d.startswith("layer 'prelu_1', parameter 'alpha': unclassified error at")
+    fd = next(
+        c for c in report.leaves if c.primal == "grads/prelu_1/alpha" and "finite" in c.against
+    )
+    assert not fd.ok  # float64 differences of the loss see it too
+    assert "first divergent gradient: layer 'prelu_1', parameter 'alpha'" in str(report)
+
+
+def test_a_wrong_input_cotangent_of_a_parameter_free_user_layer_is_named_and_described():
+    report = _check_user(_user_net(softsign=_softsign_forgot_square))
+    assert (report.first_divergent, report.culprit, report.parameter) == (
+        "dense_2",
+        "softsign_3",
+        None,
+    )
+    (d,) = report.diagnoses
+    assert d.startswith("layer 'softsign_3': its backward's ∂C/∂(input), the delta of 'dense_2'")
+    assert "a function of the output of 'dense_2'" in d  # the ratio is 1 + |z|
+
+
+def _prelu_fwd_slope_doubled(x, alpha):  # a wrong forward, and a backward that matches it
+    return prelu_fwd(x, 2 * alpha)
+
+
+def _prelu_bwd_slope_doubled(res, g):  # the residuals hold the doubled slope
+    dx, dslope = prelu_bwd(res, g)
+    return dx, 2 * dslope
+
+
+def _independent_prelu(params, x):
+    a = jnp.reshape(params["alpha"], (1,) * (x.ndim - 1) + params["alpha"].shape)
+    return jnp.maximum(x, 0) + a * jnp.minimum(x, 0)
+
+
+def test_a_reference_of_the_users_own_checks_the_forward_too(monkeypatch):
+    """Against its own forward a consistent but wrong layer passes; against an independent
+    reference forward, registered or given, it does not."""
+    wrong = _user_net(prelu=_prelu_bwd_slope_doubled, prelu_fwd=_prelu_fwd_slope_doubled)
+    assert _check_user(wrong).ok
+    given = _check_user(wrong, references={"prelu": _independent_prelu})
+    assert not given.ok and not given.leaves[0].ok and given.culprit == "prelu_1"
+    assert given.diagnoses[0].startswith(
+        "the forward of layer 'prelu_1' differs from the given reference: its output has"
+    )
+    assert next(lc for lc in given.layers if lc.name == "prelu_1").against == "given reference"
+    monkeypatch.setitem(reference.REGISTERED, "prelu", _independent_prelu)
+    good = _check_user(_user_net())
+    assert good.ok, str(good)
+    assert next(lc for lc in good.layers if lc.name == "prelu_1").against == "registered reference"
+
+
+def _prelu_fwd_frozen_slope(x, alpha):  # autodiff sees no slope: dα = 0 by jax.vjp
+    return prelu_fwd(x, jax.lax.stop_gradient(alpha))
+
+
+def _prelu_bwd_no_slope(res, g):
+    dx, dalpha = prelu_bwd(res, g)
+    return dx, jnp.zeros_like(dalpha)
+
+
+def test_finite_differences_catch_a_forward_autodiff_cannot_see_through():
+    net = _user_net(prelu=_prelu_bwd_no_slope, prelu_fwd=_prelu_fwd_frozen_slope)
+    report = _check_user(net)
+    assert not report.ok and (report.culprit, report.parameter) == ("prelu_1", "alpha")
+    (d,) = report.diagnoses
+    assert "finite differences of the loss disagree" in d and "independent side agrees" in d
+
+
+def test_a_combinator_of_an_unknown_kind_is_refused_with_a_clear_error():
+    inner = nn.serial(nn.Dense(3))
+    odd = inner._replace(kind="my_block", name="block")
+    net = nn.serial(nn.Dense(4), odd)
+    params = net.init(jax.random.key(0), X8.shape)
+    with pytest.raises(ValueError, match=r"layer 'block' of kind 'my_block' has children"):
+        check_network(net, "softmax_cross_entropy", params, X8, Y8)
+
+
+# --- manual-bp verify end to end: every bundled network, a sample of rules, user modules ----
+
+
+@pytest.fixture(scope="module")
+def verify_run(tmp_path_factory):
+    """One `manual-bp verify` over every bundled network (float64, float32) and a sample of
+    rules in every dtype: its exit code and JSON."""
+    from manual_bp.cli import main
+
+    out = tmp_path_factory.mktemp("verify") / "audit.json"
+    argv = ["verify", "--rule", "sigmoid", "--rule", "dense", "--json", str(out)]
+    code = main([*argv, *(a for n in NETWORKS for a in ("--network", n))])
+    return code, json.loads(out.read_text())
+
+
+def test_manual_bp_verify_passes_end_to_end(verify_run):
+    code, payload = verify_run
+    assert code == 0 and payload["ok"]
+    nets = {(r["name"], r["dtype"]) for r in payload["results"] if r["kind"] == "network"}
+    assert nets == {(n, d) for n in NETWORKS for d in ("float64", "float32")}
+    rules = {(r["rule"], r["dtype"]) for r in payload["results"] if r["kind"] == "rule"}
+    assert rules == {
+        (r, d) for r in ("sigmoid", "dense") for d in ("float64", "float32", "bfloat16")
+    }
+
+
+def test_manual_bp_verify_fails_on_a_broken_bundled_network(monkeypatch, capsys):
+    from manual_bp.cli import main
+
+    bad_tanh = nn.Tanh()._replace(backward=lambda p, t, dy: ({}, {}, 1.01 * TANH.bwd(t, dy)[0]))
+    make = lambda: nn.serial(nn.Dense(6), bad_tanh, nn.Dense(3))  # noqa: E731
+    monkeypatch.setitem(NETWORKS, "mlp-tanh", (make, "softmax_cross_entropy"))
+    assert main(["verify", "--network", "mlp-tanh", "--dtype", "float64"]) == 1
+    text = capsys.readouterr().out
+    assert "mlp-tanh" in text and "FAIL" in text
+    assert "first divergent delta 'dense_0' (from the backward of 'tanh_1')" in text
+    assert "constant scale factor: got 1.01" in text
+
+
+def test_manual_bp_verify_audits_a_user_module(tmp_path, capsys):
+    from manual_bp.cli import main
+
+    out = tmp_path / "user.json"
+    assert main(["verify", "--module", "user_rules", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert {(r["name"], r["dtype"]) for r in results} == {
+        ("swish_beta", "float64"),
+        ("swish_beta", "float32"),
+        ("swish_beta", "bfloat16"),
+        ("prelu", "float64"),
+        ("prelu", "float32"),
+    }
+    assert all(r["ok"] and r["checks"] == 2 - (r["dtype"] == "bfloat16") for r in results)
+    assert "5 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_manual_bp_verify_fails_on_a_broken_user_rule_and_on_a_rule_without_a_row(
+    monkeypatch, capsys
+):
+    from manual_bp.cli import main
+
+    broken = Rule("swish_beta", _swish_fwd, _swish_forgot_beta)
+    monkeypatch.setitem(USER_RULES, "swish_beta", broken)
+    monkeypatch.setitem(USER_RULES, "softsign", Rule("softsign", _softsign_fwd, _softsign_bwd))
+    argv = ["verify", "--module", "user_rules", "--dtype", "float64"]
+    assert main([*argv, "--rule", "swish_beta", "--rule", "softsign"]) == 1
+    text = capsys.readouterr().out
+    assert "the error vanishes at beta=1" in text
+    assert "softsign: no row in ROWS, so the rule is never checked" in text

@@ -233,7 +233,8 @@ def _parser() -> argparse.ArgumentParser:
             "forward, jax.vjp of the independent reference and float64 finite differences, "
             "over the audit table's shapes, dtypes and input domains (|x| ~ 1e3, masked "
             "logits); then every bundled network's gradients and per-layer deltas against "
-            "jax.grad. One line per (rule, dtype); exit code 1 if anything fails."
+            "jax.grad. With --module, the same checks of your own rules and rows. One line "
+            "per (rule, dtype); exit code 1 if anything fails, 2 for bad arguments."
         ),
     )
     verify.set_defaults(command_parser=verify)
@@ -241,7 +242,20 @@ def _parser() -> argparse.ArgumentParser:
         "--rule",
         action="append",
         metavar="NAME",
-        help="audit only this rule (repeatable); skips the networks",
+        help="audit only this rule (repeatable); skips the networks unless --network is given",
+    )
+    verify.add_argument(
+        "--network",
+        action="append",
+        metavar="NAME",
+        help="audit only this bundled network (repeatable); skips the rules unless --rule is given",
+    )
+    verify.add_argument(
+        "--module",
+        metavar="MODULE",
+        help="audit the rules of your own module instead (an importable name such as "
+        "mypkg.rules, or a .py file): its ROWS, a tuple of manual_bp.verify.Row, and its RULES "
+        "(a dict of Rule by name) or the registered rules the rows name",
     )
     verify.add_argument(
         "--dtype",
@@ -269,13 +283,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .rules import RULES
-    from .verify.audit import audit, write_json
+    from .verify.audit import NETWORKS, audit, audit_module, audit_networks, load_rules, write_json
 
-    unknown = sorted(set(args.rule or ()) - set(RULES))
+    rules = RULES
+    if args.module:
+        if args.network:
+            parser.error("--network audits the bundled networks; it does not go with --module")
+        try:
+            rules = load_rules(args.module)[1]
+        except (TypeError, ValueError) as e:
+            parser.error(str(e))
+    unknown = sorted(set(args.rule or ()) - set(rules))
     if unknown:
-        parser.error(
-            f"unknown rule(s) {', '.join(unknown)}; registered: {', '.join(sorted(RULES))}"
-        )
+        where = "the module has" if args.module else "registered:"
+        parser.error(f"unknown rule(s) {', '.join(unknown)}; {where} {', '.join(sorted(rules))}")
+    bad = sorted(set(args.network or ()) - set(NETWORKS))
+    if bad:
+        parser.error(f"unknown network(s) {', '.join(bad)}; bundled: {', '.join(NETWORKS)}")
     start = time.perf_counter()
     print(
         f"{'rule / network':<30} {'dtype':<9} {'checks':>6} {'max abs':>10} {'max rel':>10} "
@@ -291,13 +315,15 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for d in r["diagnoses"]:
             print(f"    {d}")
 
-    results = audit(
-        args.rule,
-        args.dtype,
-        networks=not args.no_networks,
-        progress=line,
-        shapes=None if args.all_shapes else 1,
-    )
+    shapes = None if args.all_shapes else 1
+    if args.module:
+        results = audit_module(args.module, args.rule, args.dtype, progress=line, shapes=shapes)
+    elif args.network and not args.rule:
+        dtypes = [d for d in args.dtype or ("float64", "float32") if d != "bfloat16"]
+        results = audit_networks(dtypes, line, args.network) if dtypes else []
+    else:
+        networks = args.network or not args.no_networks
+        results = audit(args.rule, args.dtype, networks, progress=line, shapes=shapes)
     failed = [r for r in results if not r["ok"]]
     seconds = time.perf_counter() - start
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({seconds:.1f}s)")

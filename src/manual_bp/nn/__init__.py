@@ -9,6 +9,8 @@ the contract and the combinators):
 * ``backward(params, tape, dy) -> (grads, deltas, dx)``: turns ∂C/∂(output) into the
   gradients of its own parameters and ∂C/∂(input), which is the previous layer's delta.
 
+:func:`from_rule` makes a layer from a rule of your own, with or without parameters.
+
 The families: :mod:`~manual_bp.nn.layers` (activations, softmax, dense and the one
 :data:`ACTIVATIONS` table), :mod:`~manual_bp.nn.conv`, :mod:`~manual_bp.nn.modes` (batch norm,
 dropout), :mod:`~manual_bp.nn.recurrent`, :mod:`~manual_bp.nn.attention` (layer and RMS norm,
@@ -41,6 +43,7 @@ from .layers import (
     Softmax,
     Softplus,
     Tanh,
+    from_rule,
 )
 from .models import GRUClassifier, LeNet, LSTMClassifier, TransformerLM, mlp
 from .modes import BatchNorm, Dropout
@@ -83,6 +86,7 @@ __all__ = [
     "by_layer",
     "check_params",
     "check_state",
+    "from_rule",
     "has_state",
     "mlp",
     "residual",

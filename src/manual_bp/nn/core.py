@@ -167,6 +167,16 @@ class Layer(NamedTuple):
 
     ``name`` is ``None`` until a combinator such as :func:`serial` names it, unless given.
     ``init_state`` and ``state_of`` default to "no state" (``{}``).
+
+    A layer written from scratch fills the fields so: ``init(key, input_shape, dtype)``
+    returns its parameters, a dict of float arrays (``{}`` for none); ``forward(params, x,
+    ctx=None)`` returns ``(y, tape)``, the tape holding whatever its backward needs (arrays
+    or tuples of them, never state kept on the side); ``backward(params, tape, dy)`` returns
+    ``(grads, deltas, dx)``: ``grads`` with the structure of ``params``, ``deltas`` ``{}``
+    for a layer without children (a combinator maps each child's name to ∂C/∂(its output)),
+    and ``dx`` = ∂C/∂x with x's shape. ``output_shape(input_shape)`` gives y's shape;
+    ``kind`` names what it computes and ``config`` holds its settings, which a reference
+    forward for that kind reads. :func:`manual_bp.nn.from_rule` fills them from a rule.
     """
 
     name: str | None

@@ -1,4 +1,5 @@
-"""The elementwise activation layers, softmax along an axis, and the dense layer.
+"""The elementwise activation layers, softmax along an axis, the dense layer, and layers made
+from a rule of the user's own (:func:`from_rule`).
 
 Each activation is a parameter-free layer around one rule of :mod:`manual_bp.rules`;
 :data:`ACTIVATIONS` names them for the models and the command line.
@@ -6,18 +7,19 @@ Each activation is a parameter-free layer around one rule of :mod:`manual_bp.rul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._checks import require_positive_int
+from .._checks import prefix_errors, require_positive_int
 from ..rules import (
     Rule,
     dense,
     elu,
     gelu,
+    get_rule,
     leaky_relu,
     log_softmax,
     relu,
@@ -28,7 +30,7 @@ from ..rules import (
     tanh,
 )
 from ..rules.linear import DenseResiduals
-from .core import Layer, parameter_free
+from .core import Layer, Shape, check_context, parameter_free
 
 __all__ = [
     "ACTIVATIONS",
@@ -43,6 +45,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Tanh",
+    "from_rule",
 ]
 
 
@@ -151,3 +154,86 @@ ACTIVATIONS: dict[str, Callable[[], Layer]] = {
 }
 """The activation layers by name: what :func:`~manual_bp.nn.mlp`, :func:`~manual_bp.nn.LeNet`
 and ``manual-bp train --activation`` accept."""
+
+
+def from_rule(
+    rule: Rule | str,
+    *,
+    kind: str | None = None,
+    name: str | None = None,
+    params: Sequence[str] = (),
+    init: Callable[..., Mapping[str, Any]] | None = None,
+    output_shape: Callable[[Shape], Shape] | None = None,
+    **static: Any,
+) -> Layer:
+    """A layer from a rule: y = rule(x, *parameters, **static).
+
+    The rule's first primal is the layer's input x; its other primals are the layer's
+    parameters, named by ``params`` in the rule's order and drawn by
+    ``init(key, input_shape, dtype) -> {name: array}``. The forward pass keeps the rule's
+    residuals on the tape; the backward pass returns the rule's cotangents: the parameters'
+    as ``grads`` (by name) and x's as ``dx``. A parameter-free rule needs neither.
+
+    ``kind`` (default: the rule's name) and ``config`` (the ``static`` keywords) describe the
+    layer: :func:`~manual_bp.verify.check_network` compares it with a reference forward
+    registered for its kind (``reference.register(kind, fn)``), or else with ``jax.vjp`` of
+    its own forward. ``output_shape`` defaults to the shape the rule's forward gives (from
+    ``jax.eval_shape`` on a float32 input).
+    """
+    rule = prefix_errors("from_rule", lambda: get_rule(rule))
+    op = f"from_rule({rule.name!r})"
+    kind = rule.name if kind is None else kind
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{op}: kind must be a non-empty str, got {kind!r}")
+    if isinstance(params, str) or not all(isinstance(p, str) and p for p in params):
+        raise TypeError(f"{op}: params must be a tuple of parameter names, got {params!r}")
+    names = tuple(params)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{op}: parameter names must be unique, got {names}")
+    if names and not callable(init):
+        raise TypeError(
+            f"{op}: a layer with parameters {names} needs init(key, input_shape, dtype) -> "
+            f"dict, got {type(init).__name__}"
+        )
+    if not names and init is not None:
+        raise ValueError(f"{op}: init was given but params is empty; name the parameters")
+    if output_shape is not None and not callable(output_shape):
+        raise TypeError(f"{op}: output_shape must be callable or None, got {output_shape!r}")
+
+    def init_params(key, input_shape, dtype=jnp.float32):
+        p = init(key, tuple(input_shape), dtype) if names else {}
+        if not isinstance(p, Mapping) or set(p) != set(names):
+            got = sorted(p) if isinstance(p, Mapping) else type(p).__name__
+            raise ValueError(f"{op}: init must return a dict with keys {list(names)}, got {got}")
+        return {n: p[n] for n in names}
+
+    def inferred_shape(input_shape):
+        x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+        p = jax.eval_shape(
+            lambda k: init_params(k, input_shape), jax.ShapeDtypeStruct((2,), jnp.uint32)
+        )
+        out = jax.eval_shape(lambda x, p: rule.fwd(x, *(p[n] for n in names), **static)[0], x, p)
+        return tuple(out.shape)
+
+    shape_of = output_shape or inferred_shape
+    if not names:
+        return parameter_free(kind, rule, name, shape_of, **static)
+
+    def forward(params, x, ctx=None):
+        check_context(name or kind, ctx)
+        return rule.fwd(x, *(params[n] for n in names), **static)
+
+    def backward(params, tape, dy):
+        del params
+        cts = rule.bwd(tape, dy, **static)
+        if not isinstance(cts, tuple | list) or len(cts) != 1 + len(names):
+            raise TypeError(
+                f"{op}: bwd must return {1 + len(names)} cotangents (x, {', '.join(names)}), "
+                f"got {type(cts).__name__} of length {len(cts) if hasattr(cts, '__len__') else '?'}"
+            )
+        missing = [n for n, c in zip(names, cts[1:], strict=True) if c is None]
+        if missing:
+            raise TypeError(f"{op}: bwd returned None for the parameter(s) {missing}")
+        return dict(zip(names, cts[1:], strict=True)), {}, cts[0]
+
+    return Layer(name, kind, dict(static), init_params, forward, backward, shape_of)

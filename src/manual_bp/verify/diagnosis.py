@@ -1,9 +1,19 @@
 """Why a rule is wrong: the structural patterns of a wrong cotangent (a transposed result, a
 missing sum over a broadcast axis, a sign flip, a constant scale factor), errors confined to kink
 points, precision-only problems (passes in float64), and inputs that exercise one branch only.
+
+An error that fits no pattern is described (:func:`describe`): where it sits (which axes and
+indices carry it, or all elements), its size against the true cotangent, and whether
+got/expected is a factor that varies as a function of an input; :func:`setting_effects` says
+whether it vanishes or changes when a static setting of the rule changes (a rule whose
+derivative forgot a factor β is right at β = 1).
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +22,28 @@ import numpy as np
 from .oracles import evaluator
 from .tolerances import compare, f64, is_float, tolerance_for
 
-__all__ = ["close", "diagnose_pattern", "domain_warnings", "explain"]
+__all__ = [
+    "close",
+    "describe",
+    "diagnose_pattern",
+    "domain_warnings",
+    "explain",
+    "primal_names",
+    "setting_effects",
+]
+
+
+def primal_names(rule: Any, n: int) -> list[str]:
+    """The names of a rule's first ``n`` primals, from its forward's signature."""
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(rule.fwd).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"primal{i}" for i in range(n)]
 
 
 def close(a, e, tol):
@@ -87,11 +118,152 @@ def explain(
                 f"{label}: precision-only problem: passes in float64, fails in {dtype.name} "
                 "(an unstable formula or cancellation; rewrite it from stable primitives)"
             )
-    bad = np.abs(a_all - e_all) > tol * (np.abs(e_all) + np.max(np.abs(e_all), initial=0))
-    ix = tuple(int(j) for j in np.unravel_index(int(np.argmax(np.abs(a_all - e_all))), a_all.shape))
-    return (
-        f"{label}: unclassified error at {int(bad.sum())} of {bad.size} elements; worst at "
-        f"{ix[1:]} (cotangent {ix[0]}): got {a_all[ix]:.6g}, expected {e_all[ix]:.6g}"
+    names = primal_names(rule, len(primals))
+    inputs = {
+        names[j]: f64(p)
+        for j, p in enumerate(primals)
+        if is_float(p) and p.shape == a_all.shape[1:]
+    }
+    effects = setting_effects(rule, static, primals, stacked, diff, k, i, tol, a_all, e_all)
+    return describe(label, a_all[0], e_all[0], tol, inputs, effects)
+
+
+def describe(
+    label: str,
+    a: np.ndarray,
+    e: np.ndarray,
+    tol: float,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    effects: tuple[str, ...] | list[str] = (),
+    floor: float = 0.0,
+) -> str:
+    """Where an error that fits no pattern sits in ``a`` (got) against ``e`` (expected), and
+    what it looks like: the elements, axes and indices that carry it (judged as
+    :func:`~manual_bp.verify.tolerances.compare` does, on the scale max(max|e|, ``floor``)),
+    its norm against the true cotangent's, whether got/expected varies as a function of one of
+    ``inputs`` (arrays of ``a``'s shape, by name), then ``effects`` (:func:`setting_effects`)
+    and the worst element."""
+    a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+    finite = np.isfinite(a) & np.isfinite(e)
+    err = np.where(finite, np.abs(np.where(finite, a - e, 0)), 0)
+    scale = max(float(np.max(np.abs(np.where(finite, e, 0)), initial=0)), floor, 1e-300)
+    bad = (err > tol * (np.abs(np.where(finite, e, 0)) + scale)) | (
+        np.isfinite(a) != np.isfinite(e)
+    )
+    parts = [
+        f"{label}: unclassified error at {int(bad.sum())} of {bad.size} elements, {_where(bad)}"
+    ]
+    norm = float(np.linalg.norm(np.where(finite, e, 0)))
+    if norm > 0:
+        parts.append(
+            f"error norm {float(np.linalg.norm(err)) / norm:.3g} × the true cotangent's "
+            f"(largest error {float(err.max(initial=0)) / scale:.3g} × "
+            + ("max|expected|)" if scale == float(np.max(np.abs(e[finite]))) else f"{scale:.3g})")
+        )
+    else:
+        parts.append(f"the true value is 0 there; largest error {float(err.max(initial=0)):.3g}")
+    ratio = _ratio(a, e, finite & bad, finite & (np.abs(e) > 1e-3 * scale), inputs or {})
+    parts += [ratio] if ratio else []
+    parts += list(effects)
+    if err.size:
+        ix = tuple(int(j) for j in np.unravel_index(int(np.argmax(err)), err.shape))
+        parts.append(f"worst at {ix}: got {a[ix]:.6g}, expected {e[ix]:.6g}")
+    return "; ".join(parts)
+
+
+def _where(bad: np.ndarray) -> str:
+    """Which elements carry the error: all, one, or the indices along each axis."""
+    if bad.all():
+        return "spread over all of them"
+    if bad.sum() == 1:
+        return f"confined to the single element {tuple(int(j) for j in np.argwhere(bad)[0])}"
+    confined, only = [], []
+    for axis in range(bad.ndim):
+        if bad.shape[axis] < 2:
+            continue
+        hit = np.flatnonzero(bad.any(axis=tuple(j for j in range(bad.ndim) if j != axis)))
+        if hit.size == 1:
+            confined.append(f"index {int(hit[0])} along axis {axis}")
+        elif hit.size < bad.shape[axis]:
+            shown = ", ".join(str(int(j)) for j in hit[:8]) + (", …" if hit.size > 8 else "")
+            only.append(f"indices [{shown}] along axis {axis}")
+    if confined:
+        return "confined to " + " and ".join(confined)
+    if only:
+        return "only at " + " and ".join(only)
+    return "scattered over every index of every axis"
+
+
+def _ratio(a, e, bad, sizable, inputs) -> str | None:
+    """got/expected where the expected value is not small: a factor confined to the wrong
+    elements, or one that varies, and the inputs it is a function of."""
+    if sizable.sum() < 2:
+        return None
+    r = a[sizable] / e[sizable]
+    rb = a[bad & sizable] / e[bad & sizable]
+    if not rb.size:
+        return None
+    if np.ptp(rb) <= 1e-3 * max(1.0, float(np.max(np.abs(rb)))):
+        return f"there got = {float(np.mean(rb)):.4g} × expected, elsewhere it is right"
+    where = "" if (bad | ~sizable).all() else " where it is wrong"
+    text = f"got/expected varies{where} from {float(np.min(rb)):.3g} to {float(np.max(rb)):.3g}"
+    tracks = [n for n, x in inputs.items() if np.shape(x) == a.shape and _tracks(r, x[sizable])]
+    return text + (f", a function of {', '.join(tracks)}" if tracks else "")
+
+
+def _tracks(r: np.ndarray, x: np.ndarray) -> bool:
+    """Whether r is a function of x, poles and all: neighbours in x's order have nearby ranks
+    of r (12 values or more; the median step at most a tenth of their number, where an
+    unrelated order gives about three tenths)."""
+    if r.size < 12 or np.ptp(x) == 0 or np.ptp(r) == 0:
+        return False
+    rank = np.argsort(np.argsort(r, kind="stable"), kind="stable")
+    steps = np.abs(np.diff(rank[np.argsort(x, kind="stable")]))
+    return bool(np.median(steps) <= max(1.0, 0.1 * r.size))
+
+
+def setting_effects(rule, static, primals, stacked, diff, k, i, tol, a_all, e_all) -> list[str]:
+    """For each float static setting s of the rule: whether primal i's error vanishes at
+    s = 1 or s = 0, or how it changes at 2s (the backward mishandles s)."""
+    effects = []
+    before = _rel_error(a_all, e_all)
+    for name, value in static.items():
+        if isinstance(value, bool) or not isinstance(value, float):
+            continue
+        errors = {}
+        for trial in (1.0, 0.0, 2 * value):
+            if trial == value:
+                continue
+            key = tuple(sorted({**static, name: trial}.items()))
+            try:
+                _, ours, theirs, _, _ = evaluator(rule, key, diff, None)(primals, stacked)
+                errors[trial] = _rel_error(f64(ours[i]), f64(theirs[k]))
+            except Exception:  # a setting outside the rule's domain: no evidence either way
+                continue
+            if trial != 2 * value and errors[trial] <= tol:
+                effects.append(
+                    f"the error vanishes at {name}={trial:g} ({name} is {value:g} here): the "
+                    f"backward mishandles {name} (a factor or term in {name} missing or wrong)"
+                )
+                break
+        else:
+            after = errors.get(2 * value, float("inf"))
+            if np.isfinite([before, after]).all() and abs(after - before) > 0.1 * max(
+                before, after
+            ):
+                effects.append(
+                    f"the error changes with {name}: relative error {before:.3g} at "
+                    f"{name}={value:g}, {after:.3g} at {name}={2 * value:g}"
+                )
+    return effects
+
+
+def _rel_error(a, e) -> float:
+    """max|a − e| / max|e|; infinite where the shapes differ or a value is not finite."""
+    if np.shape(a) != np.shape(e) or not (np.isfinite(a).all() and np.isfinite(e).all()):
+        return float("inf")
+    return float(np.max(np.abs(a - e), initial=0)) / max(
+        float(np.max(np.abs(e), initial=0)), 1e-300
     )
 
 

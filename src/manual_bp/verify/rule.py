@@ -17,7 +17,6 @@ confined to kink points, or a precision-only problem (passes in float64).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 
 from .._checks import prefix_errors
 from ..rules import Rule, get_rule
-from .diagnosis import diagnose_pattern, domain_warnings, explain
+from .diagnosis import diagnose_pattern, domain_warnings, explain, primal_names
 from .oracles import (
     difference_quotients,
     evaluator,
@@ -89,18 +88,6 @@ class RuleReport:
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append("result: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
-
-
-def primal_names(rule: Rule, n: int) -> list[str]:
-    try:
-        params = [
-            p.name
-            for p in inspect.signature(rule.fwd).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    return [params[i] if i < len(params) else f"primal{i}" for i in range(n)]
 
 
 def validate_cotangent(rule: str, ct: Any, out: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ALL_DTYPES", "ROWS", "Row"]
+__all__ = ["ALL_DTYPES", "BF16", "F32", "F64", "ROWS", "Row", "unary"]
 
 F64, F32, BF16 = jnp.float64, jnp.float32, jnp.bfloat16
 ALL_DTYPES = (F64, F32, BF16)
@@ -28,24 +28,49 @@ ALL_DTYPES = (F64, F32, BF16)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Row:
+    """One way of calling a rule, checked at every shape × dtype × input domain: the audit's
+    unit, for the library's rules (:data:`ROWS`) and for a table of the user's own
+    (``manual-bp verify --module``, :mod:`manual_bp.testing`).
+
+    ``Row("swish_beta", unary, ((4, 5), (2, 3, 4)), static={"beta": 1.5})`` checks
+    ``RULES["swish_beta"]`` (or the module's ``RULES["swish_beta"]``) with β = 1.5 at two
+    shapes, in float64, float32 and bfloat16, on ordinary inputs and at |x| ≈ 1e3.
+    """
+
     rule: str
+    """The rule's name (in the registry, or in the module's ``RULES``)."""
     make: Callable[[np.random.Generator, Any, Any, str], tuple]
+    """``make(rng, shape, dtype, domain) -> primals``: the rule's inputs for one case, drawn
+    from ``rng`` (seeded by the case); ``domain`` is one of :meth:`domains`. :func:`unary`
+    draws one float array of ``shape``."""
     shapes: tuple
+    """The shapes to check at; each is handed to ``make`` as it is (a shape, or any tuple
+    ``make`` reads, such as ``((4, 5), 3)`` for dense's input shape and features)."""
     diff: tuple[int, ...] = (0,)
+    """The differentiable primals, by position; the others (integer labels, keys, masks) must
+    get ``None`` cotangents."""
     static: dict = dataclasses.field(default_factory=dict)
+    """The rule's static keywords, handed to ``fwd`` and ``bwd``."""
     label: str = ""
+    """The row's name where one rule has several rows (default: the rule's name)."""
     dtypes: tuple = ALL_DTYPES
+    """The dtypes to check in (float64 cases also get float64 finite differences)."""
     extreme: bool = True
+    """Also check at |x| ≈ 1e3 (the ``"extreme"`` domain; not in bfloat16)."""
     masked: bool = False
+    """Also check with some logits at −inf (the ``"masked"`` domain)."""
     zero: tuple[int, ...] = ()
     """Differentiable primals whose true cotangent is identically zero (attention's key bias:
     it shifts all of a query's scores alike, which softmax ignores)."""
 
     @property
     def id(self) -> str:
+        """The row's name: ``label``, or the rule's name."""
         return self.label or self.rule
 
     def domains(self) -> tuple[str, ...]:
+        """The input domains the row is checked on: ``"normal"``, then ``"extreme"`` and
+        ``"masked"`` where they apply."""
         return ("normal",) + ("extreme",) * self.extreme + ("masked",) * self.masked
 
 
@@ -70,6 +95,8 @@ def _mask(rng, x, axis=-1):
 
 
 def unary(rng, shape, dtype, domain):
+    """One float primal of ``shape``: standard normal × 1.5, or |x| ≈ 1e3 with both signs in
+    the ``"extreme"`` domain."""
     return (_float(rng, shape, dtype, domain),)
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "FD_TOLERANCE",
     "MAX_FD_ELEMENTS",
     "ROUNDING_FACTOR",
     "TOLERANCE",
@@ -80,6 +81,12 @@ def check_tolerance(where: str, tolerance: Any) -> None:
             f"{where}: tolerance must be a finite number >= 0 (or None), got {tolerance!r}"
         )
 
+
+FD_TOLERANCE = 1e-6
+"""The tolerance of float64 central finite differences (step 1e-6 · max(1, max|x|)): their
+truncation and rounding error, relative to the scale of the comparison. The network check's
+differences of the loss along random directions use it; the rule check's differences
+(:mod:`~manual_bp.verify.oracles`) use the same value."""
 
 MAX_FD_ELEMENTS = 2048
 """Primals up to this size get element-by-element finite differences; larger ones 16 random
