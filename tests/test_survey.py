@@ -71,3 +71,31 @@ def test_the_table_reports_rates_per_dtype(power):
     )
     assert "| float32 | 4 | 0 | 0.00 |" in text
     assert "| scale 0.001 | " in text and "100.0% of" in text
+
+
+def test_cli_survey_prints_both_tables_and_exits_by_the_alarms(monkeypatch, capsys, tmp_path):
+    from manual_bp.cli import main
+
+    whole = survey.survey
+    rows = tuple(r for r in SAMPLE if r.rule == "tanh")
+    monkeypatch.setattr(survey, "survey", lambda **kw: whole(rows=rows, networks=False, **kw))
+    out = tmp_path / "survey.json"
+    argv = ["verify", "--survey", "--seeds", "1", "--dtype", "float32", "--json", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| float32 |" in text and "| scale 0.001 | 100.0% of" in text
+    assert "0 false alarm(s) in" in text and out.stat().st_size > 0
+
+    tanh = RULES["tanh"]
+    broken = Rule("tanh", tanh.fwd, lambda r, g: (1.01 * tanh.bwd(r, g)[0],))
+    monkeypatch.setitem(RULES, "tanh", broken)
+    assert main(argv) == 1
+    assert "false alarm: tanh float32" in capsys.readouterr().out
+
+
+def test_cli_survey_takes_no_rule_selection():
+    from manual_bp.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["verify", "--survey", "--rule", "tanh"])
+    assert info.value.code == 2

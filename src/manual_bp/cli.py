@@ -268,6 +268,16 @@ def _parser() -> argparse.ArgumentParser:
         "--all-shapes", action="store_true", help="every shape of the table (default: the first)"
     )
     verify.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    verify.add_argument(
+        "--survey",
+        action="store_true",
+        help="instead, measure the checks themselves: false alarms on correct code over "
+        "--seeds draws of every case, and the fraction of planted bugs caught by size and dtype "
+        "(exit code 1 on any false alarm)",
+    )
+    verify.add_argument(
+        "--seeds", type=_positive_int, default=50, help="draws per case for --survey"
+    )
     from .bench import DESCRIPTION as _BENCH_DESCRIPTION
     from .bench import add_arguments as _bench_arguments
 
@@ -281,10 +291,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _survey(args: argparse.Namespace) -> int:
+    from .verify.audit import write_json
+    from .verify.survey import survey, to_markdown
+
+    result = survey(seeds=args.seeds, dtypes=args.dtype, progress=print)
+    print(to_markdown(result))
+    alarms = result["false_alarms"]["alarms"]
+    for alarm in alarms:
+        print(f"false alarm: {alarm}")
+    print(
+        f"{len(alarms)} false alarm(s) in {result['false_alarms']['checks']} checks "
+        f"({result['seconds']:.1f}s)"
+    )
+    if args.json:
+        try:
+            write_json(args.json, result)
+        except (OSError, ValueError) as e:
+            print(f"manual-bp verify: cannot write {args.json}: {e}", file=sys.stderr)
+            return 2
+    return 1 if alarms else 0
+
+
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .rules import RULES
     from .verify.audit import NETWORKS, audit, audit_module, audit_networks, load_rules, write_json
 
+    if args.survey:
+        if args.module or args.rule or args.network:
+            parser.error("--survey measures the bundled table; it takes --dtype and --seeds only")
+        return _survey(args)
     rules = RULES
     if args.module:
         if args.network:
