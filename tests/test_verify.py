@@ -600,3 +600,43 @@ def test_manual_bp_verify_fails_on_a_broken_user_rule_and_on_a_rule_without_a_ro
     text = capsys.readouterr().out
     assert "the error vanishes at beta=1" in text
     assert "softsign: no row in ROWS, so the rule is never checked" in text
+
+
+def _half_mse_fwd(out, y):
+    d = out - y
+    return jnp.mean(d * d), (d,)
+
+
+def _half_mse_forgot_two(res, g):  # ∂/∂out of mean(d²) is 2d/M
+    (d,) = res
+    return g * d / d.size, None
+
+
+def test_a_loss_of_the_users_own_is_checked_against_its_own_forward():
+    net = nn.serial(nn.Dense(3))
+    params = net.init(jax.random.key(0), X8.shape)
+    good = Rule("my_mse", _half_mse_fwd, lambda r, g: (2 * g * r[0] / r[0].size, None))
+    target = arr(8, 3)
+    assert check_network(net, good, params, X8, target).ok
+    bad = check_network(
+        net, Rule("my_mse", _half_mse_fwd, _half_mse_forgot_two), params, X8, target
+    )
+    assert (bad.first_divergent, bad.culprit) == ("dense_0", "loss 'my_mse'")
+    assert bad.diagnoses == [
+        "loss 'my_mse': its backward's ∂C/∂(input), the delta of 'dense_0': constant scale "
+        "factor: got 0.5 × the true cotangent"
+    ]
+
+
+def _prelu_dalpha_unsummed(res, g):  # dα per example: the sum over the batch forgotten
+    dx, _ = prelu_bwd(res, g)
+    return dx, g * jnp.where(res[0] > 0, 0.0, res[0])
+
+
+def test_a_parameter_gradient_of_the_wrong_shape_is_named_with_its_pattern():
+    report = _check_user(_user_net(prelu=_prelu_dalpha_unsummed))
+    assert (report.culprit, report.parameter) == ("prelu_1", "alpha")
+    assert report.diagnoses == [
+        "layer 'prelu_1', parameter 'alpha': missing sum over broadcast axes (0,): got shape "
+        "(8, 5), expected (5,); sum the cotangent over the axes the forward broadcast"
+    ]

@@ -167,12 +167,15 @@ def finite_difference_leaves(
     rng = np.random.default_rng(0)
     dirs = [rng.standard_normal((FD_DIRECTIONS, *np.shape(p))) for p in jax.tree.leaves(args[0])]
 
+    shaped: list[bool] = []  # whether each handwritten gradient has its parameter's shape
+
     def run(args, dirs, key):
         params = args[0]
         state, x, y = args[1:] if len(args) == 4 else (None, *args[1:])
         grads = mine(*args, key)[1]  # the handwritten gradient, in float64
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves = jax.tree.leaves(grads)
+        shaped[:] = [g.shape == p.shape for g, p in zip(g_leaves, p_leaves, strict=True)]
 
         def loss_at(p):
             out = reference.forward(net, p, x, state=state, key=key, train=train, layers=layers)
@@ -187,7 +190,9 @@ def finite_difference_leaves(
             pairs = list(zip(p_leaves, v, strict=True))
             plus = jax.tree.unflatten(treedef, [p + h * d for p, d in pairs])
             minus = jax.tree.unflatten(treedef, [p - h * d for p, d in pairs])
-            along = sum(jnp.vdot(g, d) for g, d in zip(g_leaves, v, strict=True))
+            along = sum(
+                jnp.vdot(g, d) for g, d in zip(g_leaves, v, strict=True) if g.shape == d.shape
+            )
             return along, (loss_at(plus) - loss_at(minus)) / (2 * h)
 
         return jax.lax.map(one, jnp.arange(n * FD_DIRECTIONS))
@@ -200,7 +205,8 @@ def finite_difference_leaves(
     for path, c in zip(paths, central, strict=True):
         scales[path[:-1]] = max(scales.get(path[:-1], 0.0), float(np.max(np.abs(c))))
     against = f"finite differences (f64, {FD_DIRECTIONS} dirs)"
-    return [
+    return [  # a gradient of the wrong shape is already a failed comparison
         compare(a, c, np.float64, FD_TOLERANCE, scales[p[:-1]], "/".join(("grads", *p)), against)
-        for p, a, c in zip(paths, along, central, strict=True)
+        for p, a, c, ok in zip(paths, along, central, shaped, strict=True)
+        if ok
     ]

@@ -196,6 +196,10 @@ def check_network(
         layer = rest if root == "deltas" else rest.rpartition("/")[0]
         arrays[path] = (f64(a), f64(b), floor)
         against = sides.sources.get(layer, REFERENCE)
+        if np.shape(a) != np.shape(b):
+            note = f"wrong shape: got {tuple(np.shape(a))}, expected {tuple(np.shape(b))}"
+            inf = float("inf")
+            return Comparison(path, against, inf, inf, inf, (), False, note, floor)
         return compare(arrays[path][0], arrays[path][1], dtype, tol, floor, path, against)
 
     # each number is judged on the scale of the computation that produced it: the loss on its
