@@ -213,33 +213,8 @@ def check_network(
     leaves += state_leaves
     if OWN_FORWARD in sides.sources.values():
         leaves += finite_difference_leaves(net, ref_loss, mine, args, key, train, sides.layers)
-    by_path = {leaf.primal: leaf for leaf in leaves if leaf.primal.startswith("deltas/")}
     order = forward_order(net)
-    layers: list[LayerCheck] = []
-    first = culprit = parameter = None
-    for pos in range(len(order) - 1, -1, -1):
-        name = order[pos]
-        d = by_path[f"deltas/{name}"]
-        try:
-            g = subtree(grads, name)
-        except (KeyError, TypeError):
-            g = None
-        g_rel, g_ok, failed = None, True, []
-        is_leaf_layer = isinstance(g, dict) and not any(isinstance(v, dict) for v in g.values())
-        if is_leaf_layer and g:
-            comps = {k: [c for c in leaves if c.primal == f"grads/{name}/{k}"] for k in g}
-            g_rel = max(cc.max_rel for k in g for cc in comps[k] if cc.against in SIDES)
-            failed = [k for k in g if not all(cc.ok for cc in comps[k])]
-            g_ok = not failed
-        against = sides.sources.get(name, REFERENCE)
-        layers.append(LayerCheck(name, d.max_abs, d.max_rel, d.ok, g_rel, g_ok, against, failed))
-        if not d.ok and first is None:
-            first = name
-            later = [n for n in order[pos + 1 :] if not name.startswith(n + "/")]
-            culprit = later[0] if later else f"loss {loss.name!r}"
-        if d.ok and not g_ok and first is None and culprit is None:
-            culprit = first = name
-            parameter = failed[0]
+    layers, first, culprit, parameter = _layer_rows(order, grads, leaves, sides.sources, loss)
 
     def outputs() -> dict[str, Any]:  # every layer's output, for describing a wrong delta
         taps: dict[str, Any] = {}
@@ -276,6 +251,38 @@ def check_network(
         parameter=parameter,
         diagnoses=diagnoses,
     )
+
+
+def _layer_rows(order, grads, leaves, sources, loss):
+    """One :class:`LayerCheck` per layer from the loss back, and the first divergent layer:
+    ``(layers, first_divergent, culprit, parameter)``."""
+    by_path = {leaf.primal: leaf for leaf in leaves if leaf.primal.startswith("deltas/")}
+    layers: list[LayerCheck] = []
+    first = culprit = parameter = None
+    for pos in range(len(order) - 1, -1, -1):
+        name = order[pos]
+        d = by_path[f"deltas/{name}"]
+        try:
+            g = subtree(grads, name)
+        except (KeyError, TypeError):
+            g = None
+        g_rel, g_ok, failed = None, True, []
+        is_leaf_layer = isinstance(g, dict) and not any(isinstance(v, dict) for v in g.values())
+        if is_leaf_layer and g:
+            comps = {k: [c for c in leaves if c.primal == f"grads/{name}/{k}"] for k in g}
+            g_rel = max(cc.max_rel for k in g for cc in comps[k] if cc.against in SIDES)
+            failed = [k for k in g if not all(cc.ok for cc in comps[k])]
+            g_ok = not failed
+        against = sources.get(name, REFERENCE)
+        layers.append(LayerCheck(name, d.max_abs, d.max_rel, d.ok, g_rel, g_ok, against, failed))
+        if not d.ok and first is None:
+            first = name
+            later = [n for n in order[pos + 1 :] if not name.startswith(n + "/")]
+            culprit = later[0] if later else f"loss {loss.name!r}"
+        if d.ok and not g_ok and first is None and culprit is None:
+            culprit = first = name
+            parameter = failed[0]
+    return layers, first, culprit, parameter
 
 
 def _wrong_forward(mine, ref, order, dtype, tol, sources) -> tuple[str, str] | None:
