@@ -209,7 +209,7 @@ def check_network(
     layer_scale = _layer_scales(rgrads)
     leaves += _judge_tree("grads", grads, rgrads, judge, layer_scale)
     leaves += [judge(f"deltas/{k}", deltas[k], rdeltas[k]) for k in deltas]
-    state_leaves = _judge_tree("state", new_state, r_new_state, judge)
+    state_leaves = _judge_tree("state", new_state, r_new_state, judge, extra_ok=True)
     leaves += state_leaves
     if OWN_FORWARD in sides.sources.values():
         leaves += finite_difference_leaves(net, ref_loss, mine, args, key, train, sides.layers)
@@ -367,17 +367,33 @@ def _loss_scale(net, loss, *args) -> float:
 
 
 def _judge_tree(
-    root: str, mine: Any, ref: Any, judge: Any, scales: dict[tuple[str, ...], float] | None = None
+    root: str,
+    mine: Any,
+    ref: Any,
+    judge: Any,
+    scales: dict[tuple[str, ...], float] | None = None,
+    extra_ok: bool = False,
 ) -> list[Comparison]:
     """``judge(path, m, r, floor)`` for every leaf of two trees of one structure, paths
-    ``root/a/b``; ``scales`` gives each leaf's floor by its parent's path."""
-    parts = tree_paths(mine)
-    paths = ["/".join([root, *p]) for p in parts]
-    m_leaves, r_leaves = jax.tree.leaves(mine), jax.tree.leaves(ref)
-    if jax.tree.structure(mine) != jax.tree.structure(ref):
+    ``root/a/b``; ``scales`` gives each leaf's floor by its parent's path. With ``extra_ok``,
+    ``mine`` may hold leaves the reference does not (the state of credit assignment's feedback
+    matrices, which are not part of the function the reference differentiates): the leaves
+    of ``ref`` are judged, and each must be in ``mine``."""
+    m_parts, r_parts = tree_paths(mine), tree_paths(ref)
+    m_leaves = dict(zip(m_parts, jax.tree.leaves(mine), strict=True))
+    r_leaves = dict(zip(r_parts, jax.tree.leaves(ref), strict=True))
+    missing, extra = set(r_leaves) - set(m_leaves), set(m_leaves) - set(r_leaves)
+    if missing or (extra and not extra_ok):
         raise ValueError(
             f"check_network: the handwritten and the reference {root} differ in structure: "
             f"{jax.tree.structure(mine)} vs {jax.tree.structure(ref)}"
         )
-    floors = [0.0 if scales is None else scales.get(p[:-1], 0.0) for p in parts]
-    return [judge(p, a, b, f) for p, a, b, f in zip(paths, m_leaves, r_leaves, floors, strict=True)]
+    return [
+        judge(
+            "/".join([root, *p]),
+            m_leaves[p],
+            r_leaves[p],
+            0.0 if scales is None else scales.get(p[:-1], 0.0),
+        )
+        for p in r_parts
+    ]
