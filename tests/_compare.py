@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zlib
 
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -18,8 +20,13 @@ def rng_for(*key) -> np.random.Generator:
 def random_cotangent(rng: np.random.Generator, like) -> jnp.ndarray:
     """A standard-normal cotangent (never ones) with the shape and dtype of ``like``."""
     ct = jnp.asarray(rng.standard_normal(np.shape(like)) + 0.1, like.dtype)
-    assert not bool(jnp.all(ct == 1)), "a cotangent of ones checks nothing"
+    assert not np.all(np.asarray(ct) == 1), "a cotangent of ones checks nothing"
     return ct
+
+
+def as_f64(x) -> np.ndarray:
+    """``x`` as a float64 numpy array, converted on the host (exact from every float dtype)."""
+    return np.asarray(x).astype(np.float64)
 
 
 def assert_close(
@@ -32,8 +39,8 @@ def assert_close(
     gradient, carries rounding error on that scale, not on its own.
     """
     tol = tolerance_for(dtype) if tol is None else tol
-    a = np.atleast_1d(np.asarray(jnp.asarray(actual, jnp.float64)))
-    e = np.atleast_1d(np.asarray(jnp.asarray(expected, jnp.float64)))
+    a = np.atleast_1d(as_f64(actual))
+    e = np.atleast_1d(as_f64(expected))
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
     finite = np.isfinite(e)
     np.testing.assert_array_equal(np.isfinite(a), finite, err_msg=f"{what}: finite pattern")
@@ -53,26 +60,54 @@ def assert_close(
         )
 
 
+def assert_trees_close(
+    actual,
+    expected,
+    dtype,
+    what: str,
+    tol: float | None = None,
+    kind: str = "rule",
+    scale_floor: float = 0.0,
+) -> None:
+    """Two trees of one structure, leaf by leaf within :func:`assert_close`'s bound: the tolerance
+    of ``dtype`` (``kind`` ``"rule"`` or ``"network"``, or ``tol``) relative to each element and to
+    the largest finite entry of its expected leaf (or ``scale_floor``); shapes and inf/NaN
+    patterns equal."""
+    tol = tolerance_for(dtype, kind) if tol is None else tol
+    chex.assert_trees_all_equal_structs(actual, expected)
+    pairs = zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True)
+    for (path, a), e in pairs:
+        a, e = as_f64(a), as_f64(e)
+        finite = np.abs(e[np.isfinite(e)])
+        scale = max(float(finite.max(initial=0.0)), scale_floor, np.finfo(np.float64).tiny)
+        chex.assert_trees_all_close(
+            a,
+            e,
+            rtol=tol,
+            atol=tol * scale,
+            strict=True,
+            custom_message=f"{what}{jax.tree_util.keystr(path)} (tol={tol}, scale {scale:.3g})",
+        )
+
+
 def assert_matches_reference(name: str, got, expected, dtype) -> None:
     """``got`` and ``expected`` are ``(C, grads, deltas)`` from manual_bp and the reference:
     the loss, every gradient and every delta agree within the network tolerance of ``dtype``, with
     the same names, dtypes and shapes, and no expected gradient or delta is vacuously all zero."""
-    import functools
-
-    import jax
-
     (c, grads, deltas), (rc, rgrads, rdeltas) = got, expected
-    tol = tolerance_for(dtype, "network")
     assert c.dtype == dtype and c.shape == (), f"{name}: loss is {c.shape} {c.dtype}"
-    assert_close(c, rc, dtype, f"{name}: loss", tol=tol)
-    assert jax.tree.structure(grads) == jax.tree.structure(rgrads), f"{name}: grad trees differ"
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        e = functools.reduce(lambda t, k: t[k.key], path, rgrads)
-        where = f"{name}: grad {jax.tree_util.keystr(path)}"
-        assert g.dtype == dtype and g.shape == e.shape, where
-        assert np.any(np.asarray(e, np.float64) != 0), f"{where} is vacuously zero"
-        assert_close(g, e, dtype, where, tol=tol)
+    assert_close(c, rc, dtype, f"{name}: loss", tol=tolerance_for(dtype, "network"))
     assert set(deltas) == set(rdeltas), f"{name}: delta names {set(deltas)} vs {set(rdeltas)}"
-    for k in deltas:
-        assert np.any(np.asarray(rdeltas[k], np.float64) != 0), f"{name}: delta {k} is zero"
-        assert_close(deltas[k], rdeltas[k], dtype, f"{name}: delta {k}", tol=tol)
+    chex.assert_trees_all_equal_structs(grads, rgrads)
+    chex.assert_trees_all_equal_shapes(grads, rgrads)
+    chex.assert_type(jax.tree.leaves(grads), dtype)
+    for path, e in jax.tree_util.tree_leaves_with_path({"grads": rgrads, "deltas": rdeltas}):
+        where = f"{name}: {jax.tree_util.keystr(path)}"
+        assert np.any(np.asarray(e, np.float64) != 0), f"{where} is vacuously zero"
+    assert_trees_close(
+        {"grads": grads, "deltas": deltas},
+        {"grads": rgrads, "deltas": rdeltas},
+        dtype,
+        name,
+        kind="network",
+    )

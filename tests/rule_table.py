@@ -1,5 +1,99 @@
-"""The audit table the tests are driven by (it lives in the package, for ``manual-bp verify``)."""
+"""The audit table the tests are driven by (it lives in the package, for ``manual-bp verify``),
+and the one jitted evaluation of a row that the rule tests share.
 
+:func:`evaluator` is cached per row, so every test that evaluates a row at a given shape and
+dtype (the table's cases in every input domain, the finite differences, the eager comparison,
+the property tests and the adapter's table) runs one compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+import reference
+from _compare import rng_for
+from manual_bp import RULES
 from manual_bp.verify.table import ALL_DTYPES, BF16, F32, F64, ROWS, Row
 
-__all__ = ["ALL_DTYPES", "BF16", "F32", "F64", "ROWS", "Row"]
+__all__ = [
+    "ALL_DTYPES",
+    "BF16",
+    "F32",
+    "F64",
+    "ROWS",
+    "Results",
+    "Row",
+    "evaluator",
+    "out_struct",
+    "primals_for",
+    "with_diff",
+]
+
+
+class Results(NamedTuple):
+    """One row evaluated at one set of primals and one cotangent.
+
+    ``out``: the rule's forward; ``cts``: its ``bwd``, one entry per primal (None for a
+    non-differentiable one); ``own_out``/``own_cts``: ``jax.vjp`` of the rule's own forward,
+    one entry per differentiable primal; ``ref_out``/``ref_cts``: the same of the reference.
+    """
+
+    out: Any
+    cts: Any
+    own_out: Any
+    own_cts: tuple
+    ref_out: Any
+    ref_cts: tuple
+
+
+def primals_for(row: Row, dtype, shape, domain: str, *key) -> tuple:
+    """The row's primals for a case, drawn from a generator seeded by the case (and ``key``)."""
+    return row.make(
+        rng_for(*key, row.id, shape, np.dtype(dtype).name, domain), shape, dtype, domain
+    )
+
+
+def out_struct(row: Row, primals) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of the rule's output at ``primals`` (traced once per shapes)."""
+    return _out_struct(row, tuple(jax.ShapeDtypeStruct(p.shape, p.dtype) for p in primals))
+
+
+@functools.cache
+def _out_struct(row: Row, structs: tuple) -> jax.ShapeDtypeStruct:
+    return jax.eval_shape(lambda *p: RULES[row.rule].fwd(*p, **row.static)[0], *structs)
+
+
+def with_diff(row: Row, primals, diff) -> tuple:
+    """``primals`` with the differentiable ones replaced by ``diff`` (a tuple, as ``make``
+    returns them, so that a jitted call sees the same structure)."""
+    full = list(primals)
+    for i, d in zip(row.diff, diff, strict=True):
+        full[i] = d
+    return tuple(full)
+
+
+@functools.cache
+def evaluator(row: Row):
+    """Jitted ``(primals, ct) -> Results``: the rule's fwd and bwd, and ``jax.vjp`` of its own
+    fwd and of the reference forward."""
+    rule, ref = RULES[row.rule], reference.FORWARD[row.rule]
+
+    def vjp_of(fn, primals, ct):
+        out, vjp = jax.vjp(
+            lambda *diff: fn(*with_diff(row, primals, diff), **row.static),
+            *(primals[i] for i in row.diff),
+        )
+        return out, vjp(ct)
+
+    @jax.jit
+    def run(primals, ct):
+        out, res = rule.fwd(*primals, **row.static)
+        cts = rule.bwd(res, ct, **row.static)
+        own = vjp_of(lambda *a, **k: rule.fwd(*a, **k)[0], primals, ct)
+        return Results(out, cts, *own, *vjp_of(ref, primals, ct))
+
+    return run

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -24,10 +25,10 @@ from jax.flatten_util import ravel_pytree
 
 import manual_bp
 import reference
-from _compare import assert_close, random_cotangent, rng_for
+from _compare import assert_close, assert_trees_close, random_cotangent, rng_for
 from manual_bp import RULES, Rule, nn
 from manual_bp.adapter import as_custom_vjp
-from rule_table import F64, ROWS
+from rule_table import F64, ROWS, evaluator, out_struct, primals_for, with_diff
 
 REF = reference.FORWARD
 
@@ -35,59 +36,49 @@ REF = reference.FORWARD
 
 
 def _row_primals(row):
-    shape = row.shapes[0]
-    return row.make(rng_for("adapter", row.id, shape), shape, F64, "normal")
-
-
-def _of_diff(fn, row, primals):
-    """``fn`` as a function of the differentiable primals alone, the others closed over."""
-
-    def f(*diff):
-        full = list(primals)
-        for i, d in zip(row.diff, diff, strict=True):
-            full[i] = d
-        return fn(*full)
-
-    return f
+    return primals_for(row, F64, row.shapes[0], "normal", "adapter")
 
 
 @functools.cache
-def _row_checker(row):
-    """One jitted computation per row: the adapted vjp, the rule's bwd, the reference vjp."""
-    rule = RULES[row.rule]
-    adapted = as_custom_vjp(rule, **row.static)
-    ref = functools.partial(REF[row.rule], **row.static)
+def _adapted_vjp(row):
+    """The adapted function and one jitted ``(primals, ct) -> (out, jax.vjp cotangents)``; the
+    rule's own ``bwd`` and the reference come from the row's shared evaluator."""
+    adapted = as_custom_vjp(RULES[row.rule], **row.static)
 
     @jax.jit
     def run(primals, ct):
         out, vjp = jax.vjp(adapted, *primals)
-        _, res = rule.fwd(*primals, **row.static)
-        direct = rule.bwd(res, ct, **row.static)
-        ref_out, ref_vjp = jax.vjp(_of_diff(ref, row, primals), *(primals[i] for i in row.diff))
-        return out, vjp(ct), direct, ref_out, ref_vjp(ct)
+        return out, vjp(ct)
 
     return adapted, run
 
 
 @pytest.mark.parametrize("row", [pytest.param(row, id=row.id) for row in ROWS])
 def test_rule_table_through_custom_vjp(row):
-    adapted, run = _row_checker(row)
+    adapted, run = _adapted_vjp(row)
     primals = _row_primals(row)
     assert adapted.__name__ == row.rule
     assert RULES[row.rule].fwd.__doc__ in adapted.__doc__
 
-    jax.test_util.check_grads(
-        _of_diff(adapted, row, primals),
-        tuple(primals[i] for i in row.diff),
-        order=1,
-        modes=("rev",),
-        eps=1e-5,
-        atol=1e-6,
-        rtol=1e-6,
+    # what check_grads(order=1, modes=("rev",)) checks: jax.vjp of the adapted function
+    # against finite differences, here with that vjp jitted
+    ct0 = jnp.zeros(out_struct(row, primals).shape, F64)
+
+    def f(*diff):
+        return run(with_diff(row, primals, diff), ct0)[0]
+
+    def f_vjp(*diff):
+        full = with_diff(row, primals, diff)
+        return f(*diff), lambda g: tuple(run(full, g)[1][i] for i in row.diff)
+
+    jax.test_util.check_vjp(
+        f, f_vjp, tuple(primals[i] for i in row.diff), eps=1e-5, atol=1e-6, rtol=1e-6
     )
 
     ct = random_cotangent(rng_for("adapter-ct", row.id), jax.eval_shape(adapted, *primals))
-    out, cts, direct, ref_out, ref_cts = run(primals, ct)
+    out, cts = run(primals, ct)
+    shared = evaluator(row)(primals, ct)
+    direct, ref_out, ref_cts = shared.cts, shared.ref_out, shared.ref_cts
     g = float(jnp.max(jnp.abs(ct)))
     assert_close(out, ref_out, F64, f"{row.id}: forward vs reference")
     assert len(cts) == len(primals)
@@ -185,8 +176,8 @@ def _model_loss(ops, params, x, labels):
 adapted_loss = functools.partial(_model_loss, ADAPTED_OPS)
 reference_loss = functools.partial(_model_loss, REFERENCE_OPS)
 
-# compiled once each and shared by the tests below
-GRAD = {"adapted": jax.jit(jax.grad(adapted_loss)), "reference": jax.jit(jax.grad(reference_loss))}
+# the reference's compiled once and shared by the tests below; the adapted one is jitted or not
+GRAD = {"adapted": jax.grad(adapted_loss), "reference": jax.jit(jax.grad(reference_loss))}
 PER_EXAMPLE = {
     name: jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))
     for name, loss in (("adapted", adapted_loss), ("reference", reference_loss))
@@ -210,25 +201,26 @@ def _tol(dtype):
 
 
 def _assert_trees_close(actual, expected, dtype, what, tol=None):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected), what
-    pairs = zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True)
-    for (path, a), e in pairs:
-        assert a.dtype == e.dtype == dtype, f"{what} {jax.tree_util.keystr(path)}: dtype"
-        assert_close(a, e, dtype, f"{what} {jax.tree_util.keystr(path)}", tol=tol)
+    chex.assert_type(jax.tree.leaves(actual) + jax.tree.leaves(expected), dtype)
+    assert_trees_close(actual, expected, dtype, what, tol=tol)
 
 
-@pytest.mark.parametrize("dtype", [F64, jnp.float32], ids=["float64", "float32"])
-def test_model_grad_matches_reference_under_jit(dtype):
-    params, x, labels = _model_data(dtype)
-    grads = GRAD["adapted"](params, x, labels)
-    _assert_trees_close(grads, GRAD["reference"](params, x, labels), dtype, "grad", _tol(dtype))
+class ModelGradMatchesReference(chex.TestCase):
+    """The adapted model's gradient equals the reference's (jitted), with and without jit."""
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_float64(self):
+        self._check(F64)
 
-def test_model_grad_eager_matches_jit():
-    params, x, labels = _model_data(F64)
-    _assert_trees_close(
-        jax.grad(adapted_loss)(params, x, labels), GRAD["reference"](params, x, labels), F64, "grad"
-    )
+    @chex.variants(with_jit=True)
+    def test_float32(self):
+        self._check(jnp.float32)
+
+    def _check(self, dtype):
+        params, x, labels = _model_data(dtype)
+        grads = self.variant(GRAD["adapted"])(params, x, labels)
+        expected = GRAD["reference"](params, x, labels)
+        _assert_trees_close(grads, expected, dtype, "grad", _tol(dtype))
 
 
 def test_per_example_grads_under_vmap():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,13 @@ import pytest
 
 import manual_bp
 import reference
-from _compare import assert_close, assert_matches_reference, random_cotangent, rng_for
+from _compare import (
+    assert_close,
+    assert_matches_reference,
+    assert_trees_close,
+    random_cotangent,
+    rng_for,
+)
 from manual_bp import RULES, nn
 
 F64, F32 = jnp.float64, jnp.float32
@@ -105,9 +112,8 @@ def test_grads_deltas_and_new_state_match_reference(name, dtype, train):
     (c, new_state), grads, deltas = manual(params, state, x, y, key)
     (rc, r_new_state), rgrads, rdeltas = ref(params, state, x, y, key)
     assert_matches_reference(name, (c, grads, deltas), (rc, rgrads, rdeltas), dtype)
-    assert jax.tree.structure(new_state) == jax.tree.structure(r_new_state)
-    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(r_new_state), strict=True):
-        assert_close(a, b, dtype, f"{name}: new state", tol=1e-10 if dtype == F64 else 1e-5)
+    tol = 1e-10 if dtype == F64 else 1e-5
+    assert_trees_close(new_state, r_new_state, dtype, f"{name}: new state", tol=tol)
     changed = [
         bool(np.any(a != b))
         for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state), strict=True)
@@ -172,8 +178,9 @@ def test_layer_output_shapes_match_forward():
 def test_conv2d_init_and_tape():
     layer = nn.Conv2D(32, (3, 3), groups=2)
     params = layer.init(jax.random.key(1), (1, 4, 4, 16), F64)
-    assert params["w"].shape == (3, 3, 8, 32) and params["w"].dtype == F64
-    assert params["b"].shape == (32,) and np.all(np.asarray(params["b"]) == 0)
+    chex.assert_shape((params["w"], params["b"]), ((3, 3, 8, 32), (32,)))
+    chex.assert_type((params["w"], params["b"]), F64)
+    assert np.all(np.asarray(params["b"]) == 0)
     fan_in = 3 * 3 * 8
     assert 0.9 < float(jnp.var(params["w"])) * fan_in < 1.1, "LeCun normal: variance 1 / fan_in"
     x = jnp.ones((1, 4, 4, 16), F64)

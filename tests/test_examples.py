@@ -1,12 +1,14 @@
 """The examples run and do what they say."""
 
+import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import jax
 import pytest
 
 ROOT = Path(__file__).parents[1]
@@ -25,12 +27,6 @@ def test_verify_custom_rule_example():
     assert "diagnosis: z: precision-only problem" in run.stdout
     assert "diagnosis: z: sign flip" in run.stdout
 
-
-STRICT_JAX = {  # the suite's settings (conftest.py), for the example's own process
-    "JAX_ENABLE_X64": "1",
-    "JAX_NUMPY_RANK_PROMOTION": "raise",
-    "JAX_NUMPY_DTYPE_PROMOTION": "strict",
-}
 
 RESEARCH_EXAMPLES = {
     "feedback_alignment.py": (
@@ -56,27 +52,32 @@ RESEARCH_EXAMPLES = {
 }
 
 
+def _load(script: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "examples" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("script", list(RESEARCH_EXAMPLES))
-def test_research_example_quick_run(script, tmp_path):
-    """Each research example runs with --quick under the suite's strict JAX settings, writes
-    its plots into --out and prints its results table."""
+def test_research_example_quick_run(script, tmp_path, monkeypatch, capsys):
+    """Each research example's ``main`` runs with --quick under the suite's strict JAX settings
+    (in this process, from a fresh working folder), writes its plots into --out and prints its
+    results table."""
     files, rows = RESEARCH_EXAMPLES[script]
     out = tmp_path / "out"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env={**os.environ, **STRICT_JAX},
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
+    monkeypatch.chdir(tmp_path)
+    assert jax.config.jax_numpy_dtype_promotion == "strict" and jax.config.jax_enable_x64
+    assert jax.config.jax_numpy_rank_promotion == "raise"
+    assert _load(script).main(["--quick", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
     for name in files:
         assert (out / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     for row in rows:
-        assert re.search(row, run.stdout, flags=re.M), f"{script}: no row {row!r}\n{run.stdout}"
+        assert re.search(row, stdout, flags=re.M), f"{script}: no row {row!r}\n{stdout}"
     if script == "vanishing_gradients.py":  # |σ'| ≤ 1/4, so ‖∂C/∂z‖ ≤ ‖∂C/∂a‖ / 4 exactly
         sigmoid = json.loads((out / "results.json").read_text(encoding="utf-8"))["sigmoid"]
         for when in ("init", "trained"):

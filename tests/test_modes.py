@@ -8,6 +8,7 @@ audit's ``batch-norm-dropout`` network. Here: the conventions those checks take 
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 import manual_bp
 import reference
-from _compare import assert_close, random_cotangent, rng_for
+from _compare import assert_close, assert_trees_close, random_cotangent, rng_for
 from manual_bp import nn
 from manual_bp.rules.normalization import batch_norm
 from manual_bp.rules.stochastic import dropout
@@ -40,7 +41,7 @@ def test_batch_norm_state_update_follows_the_documented_rule():
     flat = np.asarray(x).reshape(-1, 3)
     np.testing.assert_allclose(new["mean"], 0.8 * before["mean"] + 0.2 * flat.mean(0), rtol=1e-12)
     np.testing.assert_allclose(new["var"], 0.8 * 2 + 0.2 * flat.var(0, ddof=1), rtol=1e-12)
-    jax.tree.map(np.testing.assert_array_equal, state, before)  # the old state is untouched
+    chex.assert_trees_all_equal(state, before)  # the old state is untouched
 
 
 def test_batch_norm_evaluation_uses_the_running_statistics():
@@ -131,8 +132,7 @@ def test_mlp_with_dropout_matches_reference_without_state(dtype):
     rc, rgrads = jax.jit(reference.value_and_grad(net, "softmax_cross_entropy"))(params, x, y, key)
     tol = 1e-10 if dtype == F64 else 1e-4
     assert_close(c, rc, dtype, "loss", tol=tol)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(rgrads), strict=True):
-        assert_close(a, b, dtype, "grad", tol=tol)
+    assert_trees_close(grads, rgrads, dtype, "grad", tol=tol)
     # evaluation mode: no key needed, and the loss is that of the plain network
     c_eval, _ = manual_bp.value_and_grad(net, "softmax_cross_entropy", train=False)(params, x, y)
     rc_eval, _ = reference.value_and_grad(net, "softmax_cross_entropy", train=False)(params, x, y)
@@ -161,9 +161,10 @@ def test_batch_norm_network_trains_its_state_under_jit_and_scan():
     (p, s), cs = run(manual_bp.value_and_grad(net, "softmax_cross_entropy", has_state=True))
     (rp, rs), rcs = run(reference.value_and_grad(net, "softmax_cross_entropy", has_state=True))
     assert_close(cs, rcs, F64, "losses", tol=1e-10)
-    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((rp, rs)), strict=True):
-        # scale_floor: dense_0's bias feeds the batch norm, which cancels it: ∂C/∂b ≈ 0
-        assert_close(a, b, F64, "params and state after 3 steps", tol=1e-10, scale_floor=1.0)
+    # scale_floor: dense_0's bias feeds the batch norm, which cancels it: ∂C/∂b ≈ 0
+    assert_trees_close(
+        (p, s), (rp, rs), F64, "params and state after 3 steps", tol=1e-10, scale_floor=1.0
+    )
     assert not np.allclose(s["batch_norm_1"]["mean"], 0)
 
 

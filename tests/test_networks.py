@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
+from absl.testing import parameterized
 
 import reference
-from _compare import assert_close, assert_matches_reference, rng_for
+from _compare import assert_close, assert_matches_reference, assert_trees_close, rng_for
 from manual_bp import nn, value_and_grad, value_grad_and_deltas
 
 ACTIVATIONS = {
@@ -80,18 +81,17 @@ NETWORKS = {
 
 
 @functools.cache
-def _fns(name, jit):
+def _fns(name):
+    """The network, its loss, manual_bp's ``(C, grads, deltas)`` and the reference's, jitted."""
     make, loss = NETWORKS[name]
     net = make()
     manual = value_grad_and_deltas(net, _loss_name(loss))
-    ref = reference.value_grad_and_deltas(net, _loss_name(loss))
-    if jit:
-        manual, ref = jax.jit(manual), jax.jit(ref)
+    ref = jax.jit(reference.value_grad_and_deltas(net, _loss_name(loss)))
     return net, loss, manual, ref
 
 
 def _data(name, dtype, batch_shape=(8,), features=4):
-    net, loss, _, _ = _fns(name, False)
+    net, loss, _, _ = _fns(name)
     rng = rng_for("net", name, np.dtype(dtype).name, batch_shape)
     x = jnp.asarray(rng.standard_normal((*batch_shape, features)), dtype)
     params = net.init(jax.random.key(len(name)), x.shape, dtype)
@@ -103,43 +103,49 @@ def _data(name, dtype, batch_shape=(8,), features=4):
     return params, x, _targets(loss, rng, batch_shape, out, dtype)
 
 
-CASES = [
-    pytest.param(name, dtype, jit, id=f"{name}-{np.dtype(dtype).name}-{'jit' if jit else 'eager'}")
-    for name in NETWORKS
-    for dtype, jit in ((jnp.float64, False), (jnp.float64, True), (jnp.float32, True))
-]
+NAMED = [(name, name) for name in NETWORKS]
 
 
-@pytest.mark.parametrize(("name", "dtype", "jit"), CASES)
-def test_grads_and_deltas_match_reference(name, dtype, jit):
-    _, _, manual, ref = _fns(name, jit)
-    params, x, y = _data(name, dtype)
-    assert_matches_reference(name, manual(params, x, y), ref(params, x, y), dtype)
+class GradsAndDeltasMatchReference(chex.TestCase):
+    """Every network: float64 with and without jit, float32 under jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED)
+    def test_float64(self, name):
+        self._check(name, jnp.float64)
+
+    @chex.variants(with_jit=True)
+    @parameterized.named_parameters(*NAMED)
+    def test_float32(self, name):
+        self._check(name, jnp.float32)
+
+    def _check(self, name, dtype):
+        _, _, manual, ref = _fns(name)
+        params, x, y = _data(name, dtype)
+        got = self.variant(manual)(params, x, y)
+        assert_matches_reference(name, got, ref(params, x, y), dtype)
 
 
 def test_extra_leading_batch_dims():
     params, x, y = _data("nested", jnp.float64, batch_shape=(2, 3))
-    _, _, manual, ref = _fns("nested", False)
+    _, _, manual, ref = _fns("nested")
     (c, g, d), (rc, rg, rd) = manual(params, x, y), ref(params, x, y)
     assert_close(c, rc, jnp.float64, "loss")
-    for a, b in zip(jax.tree.leaves((g, d)), jax.tree.leaves((rg, rd)), strict=True):
-        assert_close(a, b, jnp.float64, "grads and deltas over (2, 3) batch dims")
+    assert_trees_close((g, d), (rg, rd), jnp.float64, "grads and deltas over (2, 3) batch dims")
 
 
 def test_value_and_grad_is_a_drop_in_for_jax_value_and_grad():
-    net, loss, _, _ = _fns("act-tanh", False)
+    net, loss, _, _ = _fns("act-tanh")
     params, x, y = _data("act-tanh", jnp.float64)
-    c, grads = value_and_grad(net, loss)(params, x, y)
-    rc, rgrads = reference.value_and_grad(net, loss)(params, x, y)
-    assert jax.tree.structure((c, grads)) == jax.tree.structure((rc, rgrads))
-    for a, b in zip(jax.tree.leaves((c, grads)), jax.tree.leaves((rc, rgrads)), strict=True):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        assert_close(a, b, jnp.float64, "value_and_grad")
+    got = value_and_grad(net, loss)(params, x, y)
+    expected = reference.value_and_grad(net, loss)(params, x, y)
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, expected)
+    assert_trees_close(got, expected, jnp.float64, "value_and_grad")
 
 
 def test_dense_delta_is_sigma_prime_times_weighted_sum_of_next_deltas():
     """The lecture's recurrence, read straight off the deltas: δ = σ'(z) · W δ'."""
-    net, _, manual, _ = _fns("depth-3", False)
+    net, _, manual, _ = _fns("depth-3")
     params, x, y = _data("depth-3", jnp.float64)
     _, _, deltas = manual(params, x, y)
     out, _ = net.forward(params, x)

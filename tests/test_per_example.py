@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference
-from _compare import assert_close, rng_for
+from _compare import assert_close, assert_trees_close, rng_for
 from manual_bp import nn, value_and_grad
 from manual_bp.per_example import clip_per_example, gradient_statistics, per_example_grads
 
@@ -37,8 +37,8 @@ def test_per_example_grads_match_the_reference_one_example_at_a_time():
     for n in range(x.shape[0]):
         c, g = ref(params, x[n : n + 1], y[n : n + 1], jax.random.fold_in(key, n))
         assert_close(losses[n], c, F64, f"loss {n}", tol=1e-12)
-        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g), strict=True):
-            assert_close(a[n], b, F64, f"grad of example {n}", tol=1e-10)
+        mine = jax.tree.map(lambda a, n=n: a[n], grads)
+        assert_trees_close(mine, g, F64, f"grad of example {n}", tol=1e-10)
 
 
 def test_statistics_mean_is_the_batch_gradient_and_variance_is_nonnegative():
@@ -46,8 +46,7 @@ def test_statistics_mean_is_the_batch_gradient_and_variance_is_nonnegative():
     stats = jax.jit(gradient_statistics(net, LOSS, train=False))(params, x, y)
     c, batch = value_and_grad(net, LOSS, train=False)(params, x, y)
     assert_close(stats["loss"], c, F64, "loss", tol=1e-12)
-    for m, b in zip(jax.tree.leaves(stats["mean"]), jax.tree.leaves(batch), strict=True):
-        assert_close(m, b, F64, "mean of per-example grads", tol=1e-10)
+    assert_trees_close(stats["mean"], batch, F64, "mean of per-example grads", tol=1e-10)
     _, grads = per_example_grads(net, LOSS, train=False)(params, x, y)
     g = np.asarray(grads["dense_0"]["w"])
     np.testing.assert_allclose(stats["variance"]["dense_0"]["w"], g.var(axis=0), rtol=1e-10)

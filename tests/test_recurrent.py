@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +65,7 @@ def test_classifier_grads_and_deltas_match_reference(name, dtype):
     assert set(deltas) == {rnn_layer, "last_step_1", "dense_2"}
     # only the last step reaches the head: the recurrent layer's delta is zero before it
     assert not np.any(np.asarray(deltas[rnn_layer][:, :-1]))
-    assert deltas[rnn_layer].shape == (N, T, H)
+    chex.assert_shape(deltas[rnn_layer], (N, T, H))
 
 
 @pytest.mark.parametrize("name", list(CLASSIFIERS))
@@ -115,11 +116,13 @@ def test_initial_state_gradient_is_summed_over_the_batch(kind):
     params = _perturbed(layer.init(jax.random.key(3), x.shape, jnp.float64), rng, jnp.float64)
     dy = random_cotangent(rng, jax.ShapeDtypeStruct((N, T, H), jnp.float64))
     grads, deltas, dx, per_example = manual(params, x, dy)
-    assert deltas == {} and dx.shape == x.shape
+    assert deltas == {}
+    chex.assert_equal_shape((dx, x))
     eps = 1e-6
     for state in STATES[kind]:
         g = grads[state]
-        assert g.shape == (H,) and g.dtype == jnp.float64
+        chex.assert_shape(g, (H,))
+        chex.assert_type(g, jnp.float64)
         assert np.all(np.asarray(g) != 0), f"{kind}: ∂C/∂{state} has zeros"
         for _ in range(3):
             v = jnp.asarray(rng.standard_normal(H))
@@ -130,7 +133,7 @@ def test_initial_state_gradient_is_summed_over_the_batch(kind):
 
     # the rule's own per-example cotangent, summed over the batch, is the layer's gradient
     for state, ct in zip(STATES[kind], per_example, strict=True):
-        assert ct.shape == (N, H)
+        chex.assert_shape(ct, (N, H))
         assert_close(grads[state], jnp.sum(ct, axis=0), jnp.float64, f"{kind} {state}")
 
 
@@ -174,7 +177,7 @@ def test_lstm_gate_order_is_i_f_g_o():
         hh = gate_o * np.tanh(cc)
         expected.append(hh)
     hs = RULES["lstm"](*(jnp.asarray(a) for a in (x, h0, c0, w_x, w_h, b)))
-    assert hs.shape == (n, t, h)
+    chex.assert_shape(hs, (n, t, h))
     assert_close(hs, np.stack(expected, axis=1), jnp.float64, "lstm i, f, g, o")
 
 

@@ -10,18 +10,24 @@ For each case:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 import pytest
 
-import reference
-from _compare import assert_close, random_cotangent, rng_for
+from _compare import as_f64, assert_close, random_cotangent, rng_for
 from manual_bp import RULES
-from rule_table import BF16, F64, ROWS
+from rule_table import (
+    BF16,
+    F32,
+    F64,
+    ROWS,
+    evaluator,
+    out_struct,
+    primals_for,
+    with_diff,
+)
 
 CASES = [
     pytest.param(row, dtype, shape, domain, id=f"{row.id}-{np.dtype(dtype).name}-{shape}-{domain}")
@@ -33,51 +39,16 @@ CASES = [
 ]
 
 
-def _primals(row, dtype, shape, domain):
-    return row.make(rng_for(row.id, shape, np.dtype(dtype).name, domain), shape, dtype, domain)
-
-
-def _vjp_of(fn, row, primals, ct):
-    """Cotangents of the differentiable primals of ``fn(*primals, **row.static)`` by jax.vjp."""
-
-    def f(*diff):
-        full = list(primals)
-        for i, d in zip(row.diff, diff, strict=True):
-            full[i] = d
-        return fn(*full, **row.static)
-
-    out, vjp = jax.vjp(f, *(primals[i] for i in row.diff))
-    return out, vjp(ct)
-
-
-@functools.cache
-def _checker(row):
-    """One jitted computation per row: the rule's fwd/bwd, jax.vjp of its fwd and of the
-    reference. Compiled once per shape and dtype and shared by the input domains."""
-    rule = RULES[row.rule]
-
-    @jax.jit
-    def run(primals, ct):
-        out, res = rule.fwd(*primals, **row.static)
-        cts = rule.bwd(res, ct, **row.static)
-        own = _vjp_of(lambda *a, **k: rule.fwd(*a, **k)[0], row, primals, ct)
-        ref = _vjp_of(reference.FORWARD[row.rule], row, primals, ct)
-        return out, cts, own, ref
-
-    return run
-
-
-def _all_results(row, primals, ct):
-    return _checker(row)(primals, ct)
+def _cotangent(row, primals, shape, domain):
+    return random_cotangent(rng_for("ct", row.id, shape, domain), out_struct(row, primals))
 
 
 @pytest.mark.parametrize(("row", "dtype", "shape", "domain"), CASES)
 def test_bwd_matches_vjp_and_reference(row, dtype, shape, domain):
-    primals = _primals(row, dtype, shape, domain)
-    out_struct = jax.eval_shape(lambda *p: RULES[row.rule].fwd(*p, **row.static)[0], *primals)
-    ct = random_cotangent(rng_for("ct", row.id, shape, domain), out_struct)
-    out, cts, (own_out, own_cts), (ref_out, ref_cts) = _all_results(row, primals, ct)
-    g = float(jnp.max(jnp.abs(ct.astype(jnp.float32))))
+    primals = primals_for(row, dtype, shape, domain)
+    ct = _cotangent(row, primals, shape, domain)
+    out, cts, own_out, own_cts, ref_out, ref_cts = evaluator(row)(primals, ct)
+    g = float(np.max(np.abs(as_f64(ct))))
     assert out.dtype == dtype, f"{row.id}: output dtype {out.dtype}, expected {np.dtype(dtype)}"
 
     assert isinstance(cts, tuple) and len(cts) == len(primals), (
@@ -94,7 +65,7 @@ def test_bwd_matches_vjp_and_reference(row, dtype, shape, domain):
         # |x| ~ 1e3 keeps everything finite; -inf logits keep every cotangent finite.
         for c in (out, *cts) if domain == "extreme" else cts:
             if c is not None:
-                assert bool(jnp.all(jnp.isfinite(c))), f"{row.id}: non-finite in {domain} domain"
+                assert np.all(np.isfinite(as_f64(c))), f"{row.id}: non-finite in {domain} domain"
 
     # (1) against jax.vjp of the rule's own forward
     assert_close(out, own_out, dtype, f"{row.id} fwd (vjp trace)")
@@ -120,21 +91,18 @@ FD_CASES = [
 
 @pytest.mark.parametrize(("row", "shape"), FD_CASES)
 def test_finite_differences_float64(row, shape):
-    rule = RULES[row.rule]
-    primals = _primals(row, F64, shape, "normal")
+    """``check_vjp`` of the rule's fwd and bwd, both evaluated by the row's jitted program (the
+    one the float64 case above compiled)."""
+    primals = primals_for(row, F64, shape, "normal")
+    run = evaluator(row)
+    zero = jnp.zeros(out_struct(row, primals).shape, F64)
 
     def f(*diff):
-        full = list(primals)
-        for i, d in zip(row.diff, diff, strict=True):
-            full[i] = d
-        return rule.fwd(*full, **row.static)[0]
+        return run(with_diff(row, primals, diff), zero).out
 
     def f_vjp(*diff):
-        full = list(primals)
-        for i, d in zip(row.diff, diff, strict=True):
-            full[i] = d
-        out, res = rule.fwd(*full, **row.static)
-        return out, lambda g: tuple(rule.bwd(res, g, **row.static)[i] for i in row.diff)
+        full = with_diff(row, primals, diff)
+        return run(full, zero).out, lambda g: tuple(run(full, g).cts[i] for i in row.diff)
 
     jax.test_util.check_vjp(
         f,
@@ -154,11 +122,12 @@ EAGER_CASES = [pytest.param(row, id=row.id) for row in ROWS]
 def test_eager_matches_jit(row):
     """The table runs under jit; the same rule called eagerly (op by op) gives the same."""
     rule = RULES[row.rule]
-    primals = _primals(row, jnp.float32, row.shapes[-1], "normal")
+    shape = row.shapes[-1]
+    primals = primals_for(row, F32, shape, "normal")
+    ct = _cotangent(row, primals, shape, "normal")
     out, res = rule.fwd(*primals, **row.static)
-    ct = random_cotangent(rng_for("eager", row.id), out)
     cts = rule.bwd(res, ct, **row.static)
-    jit_out, jit_cts, _, _ = _all_results(row, primals, ct)
-    assert_close(out, jit_out, jnp.float32, f"{row.id} eager fwd")
+    jitted = evaluator(row)(primals, ct)
+    assert_close(out, jitted.out, F32, f"{row.id} eager fwd")
     for i in row.diff:
-        assert_close(cts[i], jit_cts[i], jnp.float32, f"{row.id} eager d/primal{i}")
+        assert_close(cts[i], jitted.cts[i], F32, f"{row.id} eager d/primal{i}")

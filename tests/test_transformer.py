@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 import reference
 from _compare import assert_close, assert_matches_reference, random_cotangent, rng_for
 from manual_bp import check_network, nn, value_grad_and_deltas
-from manual_bp.rules.attention import multi_head_attention
 from manual_bp.rules import add_positions, embedding
+from manual_bp.rules.attention import multi_head_attention
 from manual_bp.rules.normalization import layer_norm
+from rule_table import ROWS, evaluator
 
 VOCAB, T, FEATURES, BATCH = 7, 5, 8, 2
 LOSS = "softmax_cross_entropy"
@@ -73,18 +75,36 @@ def _attention_inputs(rng, n, t, d, dtype=jnp.float64, x_scale=1.0, w_scale=0.6)
     return x, *ws, *bs
 
 
-def _attention_vs_reference(args, mask, causal, dtype=jnp.float64, ref_dtype=None, tol=None):
-    """Manual fwd/bwd against the reference's forward and jax.vjp (optionally in float64)."""
+def _attention_row(causal):
+    """The audit table's attention row with these settings (its jitted evaluation is shared)."""
+    static = {"num_heads": 2, "causal": True} if causal else {"num_heads": 2}
+    return next(r for r in ROWS if r.rule == "multi_head_attention" and r.static == static)
+
+
+@functools.partial(jax.jit, static_argnames=("causal", "ref_dtype"))
+def _against_wider_reference(args, mask, ct, causal, ref_dtype):
+    """The rule's fwd/bwd, and the reference's forward and jax.vjp on the inputs widened to
+    ``ref_dtype``."""
     static = {"num_heads": 2, "causal": causal}
     out, res = multi_head_attention.fwd(*args, mask, **static)
-    ct = random_cotangent(rng_for("att-ct", causal, out.shape), out)
     cts = multi_head_attention.bwd(res, ct, **static)
-    ref_dtype = ref_dtype or dtype
     wide = [a.astype(ref_dtype) for a in args]
     ref_out, vjp = jax.vjp(
         lambda *a: reference.FORWARD["multi_head_attention"](*a, mask, **static), *wide
     )
-    ref_cts = vjp(ct.astype(ref_dtype))
+    return out, cts, ref_out, vjp(ct.astype(ref_dtype))
+
+
+def _attention_vs_reference(args, mask, causal, dtype=jnp.float64, ref_dtype=None, tol=None):
+    """Manual fwd/bwd against the reference's forward and jax.vjp (optionally in float64, else
+    by the table row's jitted evaluation)."""
+    static = {"num_heads": 2, "causal": causal}
+    out_shape = jax.eval_shape(lambda *a: multi_head_attention(*a, mask, **static), *args)
+    ct = random_cotangent(rng_for("att-ct", causal, out_shape.shape), out_shape)
+    if ref_dtype is None:
+        out, cts, _, _, ref_out, ref_cts = evaluator(_attention_row(causal))((*args, mask), ct)
+    else:
+        out, cts, ref_out, ref_cts = _against_wider_reference(args, mask, ct, causal, ref_dtype)
     assert cts[-1] is None, "the mask gets no cotangent"
     assert_close(out, ref_out, dtype, "attention fwd", tol=tol)
     g = float(jnp.max(jnp.abs(ct)))
@@ -261,13 +281,9 @@ def test_residual_backward_sums_both_paths():
     block_grads, block_deltas, block_dx = block.backward(params["f"], block_tape, dy)
     np.testing.assert_allclose(np.asarray(dx), np.asarray(dy + block_dx), rtol=1e-15)
     assert not np.allclose(np.asarray(dx), np.asarray(dy))  # the block path is not empty
-    assert list(grads) == ["f"]
-    for a, e in zip(jax.tree.leaves(grads["f"]), jax.tree.leaves(block_grads), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    chex.assert_trees_all_equal(grads, {"f": block_grads})
+    chex.assert_trees_all_equal(deltas, {"f": dy, **{f"f/{k}": v for k, v in block_deltas.items()}})
     assert set(deltas) == {"f", "f/dense_0", "f/tanh_1"}
-    np.testing.assert_array_equal(np.asarray(deltas["f"]), np.asarray(dy))
-    for k, v in block_deltas.items():
-        np.testing.assert_array_equal(np.asarray(deltas[f"f/{k}"]), np.asarray(v))
     _, vjp = jax.vjp(lambda a: reference.forward(net, params, a), x)
     assert_close(dx, vjp(dy)[0], jnp.float64, "residual dx vs reference")
 
