@@ -9,8 +9,9 @@
   loss, batch size): the loss, every gradient and every layer's delta equal ``jax.grad`` of
   the independent reference.
 
-Everything runs in float64 to the table's tolerance. Examples are few and derandomized, and
-the drawn sizes come from small sets, so compilations are shared between examples.
+Everything runs in float64 to the table's tolerance, under jit. Examples are few and
+derandomized, and the drawn sizes come from small sets, so compilations are shared between
+examples.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def test_random_networks_match_the_reference(spec, seed):
     x = jnp.asarray(rng.standard_normal((batch, 4)), F64)
     params = net.init(jax.random.key(seed % 2**31), x.shape, F64)
     y = _targets(rng, loss, net.output_shape(x.shape))
-    c, grads, deltas = manual_bp.value_grad_and_deltas(net, loss)(params, x, y)
-    rc, rgrads, rdeltas = reference.value_grad_and_deltas(net, loss)(params, x, y)
+    c, grads, deltas = jax.jit(manual_bp.value_grad_and_deltas(net, loss))(params, x, y)
+    rc, rgrads, rdeltas = jax.jit(reference.value_grad_and_deltas(net, loss))(params, x, y)
     what = f"{[layer.kind for layer in net.children]} {loss} batch={batch} seed={seed}"
     assert_close(c, rc, F64, f"{what}: loss")
     assert set(deltas) == set(rdeltas), what
