@@ -1,6 +1,7 @@
 """Elementwise activations a = σ(z) and their derivatives σ'(z), the lecture's amplifiers.
 
-Every backward here is ``dz = g · σ'(z)``; each docstring gives σ'. Piecewise forms use a
+Every backward here is ``dz = g · σ'(z)`` and every jvp ``dz ↦ σ'(z)·dz``; each docstring
+gives σ'. Piecewise forms use a
 double ``where`` so the branch not taken never produces an inf or NaN.
 """
 
@@ -43,7 +44,13 @@ def _sigmoid_bwd(res, g):
     return (g * a * (1 - a),)
 
 
-sigmoid = register("sigmoid", _sigmoid_fwd, _sigmoid_bwd)
+def _sigmoid_jvp(res, t):
+    """dz ↦ σ'(z)·dz = a(1 − a)·dz."""
+    (a,) = res
+    return t * a * (1 - a)
+
+
+sigmoid = register("sigmoid", _sigmoid_fwd, _sigmoid_bwd, _sigmoid_jvp)
 
 
 def _tanh_fwd(z):
@@ -59,7 +66,13 @@ def _tanh_bwd(res, g):
     return (g * (1 - a * a),)
 
 
-tanh = register("tanh", _tanh_fwd, _tanh_bwd)
+def _tanh_jvp(res, t):
+    """dz ↦ tanh'(z)·dz = (1 − a²)·dz."""
+    (a,) = res
+    return t * (1 - a * a)
+
+
+tanh = register("tanh", _tanh_fwd, _tanh_bwd, _tanh_jvp)
 
 
 def _relu_fwd(z):
@@ -75,7 +88,13 @@ def _relu_bwd(res, g):
     return (jnp.where(a > 0, g, 0),)
 
 
-relu = register("relu", _relu_fwd, _relu_bwd)
+def _relu_jvp(res, t):
+    """dz ↦ relu'(z)·dz = [z > 0]·dz (relu'(0) = 0, as in the backward)."""
+    (a,) = res
+    return jnp.where(a > 0, t, 0)
+
+
+relu = register("relu", _relu_fwd, _relu_bwd, _relu_jvp)
 
 
 def _leaky_relu_fwd(z, *, negative_slope=0.01):
@@ -92,7 +111,13 @@ def _leaky_relu_bwd(res, g, *, negative_slope=0.01):
     return (jnp.where(positive, g, negative_slope * g),)
 
 
-leaky_relu = register("leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd)
+def _leaky_relu_jvp(res, t, *, negative_slope=0.01):
+    """dz ↦ leaky_relu'(z)·dz = (dz if z > 0 else s·dz)."""
+    (positive,) = res
+    return jnp.where(positive, t, negative_slope * t)
+
+
+leaky_relu = register("leaky_relu", _leaky_relu_fwd, _leaky_relu_bwd, _leaky_relu_jvp)
 
 
 def _elu_fwd(z, *, alpha=1.0):
@@ -113,7 +138,14 @@ def _elu_bwd(res, g, *, alpha=1.0):
     return (jnp.where(positive, g, g * alpha * jnp.exp(jnp.where(positive, 0, z))),)
 
 
-elu = register("elu", _elu_fwd, _elu_bwd)
+def _elu_jvp(res, t, *, alpha=1.0):
+    """dz ↦ elu'(z)·dz = (dz if z > 0 else α e^z·dz)."""
+    (z,) = res
+    positive = z > 0
+    return jnp.where(positive, t, t * alpha * jnp.exp(jnp.where(positive, 0, z)))
+
+
+elu = register("elu", _elu_fwd, _elu_bwd, _elu_jvp)
 
 
 def _gelu_fwd(z, *, approximate=False):
@@ -127,19 +159,30 @@ def _gelu_fwd(z, *, approximate=False):
     return z * (0.5 * lax.erfc(-z / _SQRT_2)), (z,)
 
 
-def _gelu_bwd(res, g, *, approximate=False):
+def _gelu_slope(z, approximate):
     """gelu'(z) = Φ(z) + z φ(z) (exact);  ½(1 + t) + ½ z (1 − t²) √(2/π)(1 + 3·0.044715 z²)."""
-    (z,) = res
     if approximate:
         t = jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z))
         du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * z * z)
-        return (g * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du),)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
     cdf = 0.5 * lax.erfc(-z / _SQRT_2)
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
-    return (g * (cdf + z * pdf),)
+    return cdf + z * pdf
 
 
-gelu = register("gelu", _gelu_fwd, _gelu_bwd)
+def _gelu_bwd(res, g, *, approximate=False):
+    """dz = g · gelu'(z), gelu' as in :func:`_gelu_slope`."""
+    (z,) = res
+    return (g * _gelu_slope(z, approximate),)
+
+
+def _gelu_jvp(res, t, *, approximate=False):
+    """dz ↦ gelu'(z)·dz = (Φ(z) + z φ(z))·dz (exact; the tanh form's slope when approximate)."""
+    (z,) = res
+    return t * _gelu_slope(z, approximate)
+
+
+gelu = register("gelu", _gelu_fwd, _gelu_bwd, _gelu_jvp)
 
 
 def _softplus_fwd(z):
@@ -154,7 +197,13 @@ def _softplus_bwd(res, g):
     return (g * lax.logistic(z),)
 
 
-softplus = register("softplus", _softplus_fwd, _softplus_bwd)
+def _softplus_jvp(res, t):
+    """dz ↦ softplus'(z)·dz = σ(z)·dz."""
+    (z,) = res
+    return t * lax.logistic(z)
+
+
+softplus = register("softplus", _softplus_fwd, _softplus_bwd, _softplus_jvp)
 
 
 def _silu_fwd(z):
@@ -170,4 +219,11 @@ def _silu_bwd(res, g):
     return (g * s * (1 + z * (1 - s)),)
 
 
-silu = register("silu", _silu_fwd, _silu_bwd)
+def _silu_jvp(res, t):
+    """dz ↦ silu'(z)·dz = σ(z)(1 + z(1 − σ(z)))·dz."""
+    (z,) = res
+    s = lax.logistic(z)
+    return t * s * (1 + z * (1 - s))
+
+
+silu = register("silu", _silu_fwd, _silu_bwd, _silu_jvp)

@@ -50,7 +50,21 @@ def _dense_bwd(res: DenseResiduals, g: Any) -> tuple[Any, Any, Any]:
     return dx, dw, db
 
 
-dense = register("dense", _dense_fwd, _dense_bwd)
+def _dense_jvp(res: DenseResiduals, dx: Any, dw: Any, db: Any) -> Any:
+    """(dx, dw, db) ↦ dy = dx w + x dw + db  (a ``None`` tangent is a zero one)."""
+    x, w = res
+    o = w.shape[1]
+    dy = jnp.zeros((*x.shape[:-1], o), x.dtype)
+    if dx is not None:
+        dy = dy + jnp.einsum("...i,io->...o", dx, w)
+    if dw is not None:
+        dy = dy + jnp.einsum("...i,io->...o", x, dw)
+    if db is not None:
+        dy = dy + jnp.reshape(db, (1,) * (x.ndim - 1) + (o,))
+    return dy
+
+
+dense = register("dense", _dense_fwd, _dense_bwd, _dense_jvp)
 
 
 def _matmul_fwd(a: Any, b: Any) -> tuple[Any, tuple[Any, Any]]:
@@ -83,4 +97,16 @@ def _matmul_bwd(res: tuple[Any, Any], g: Any) -> tuple[Any, Any]:
     return da, db
 
 
-matmul = register("matmul", _matmul_fwd, _matmul_bwd)
+def _matmul_jvp(res: tuple[Any, Any], da: Any, db: Any) -> Any:
+    """(da, db) ↦ dc = da b + a db  (a ``None`` tangent is a zero one)."""
+    a, b = res
+    b_spec = "kn" if b.ndim == 2 else "...kn"
+    dc = jnp.zeros((*a.shape[:-1], b.shape[-1]), a.dtype)
+    if da is not None:
+        dc = dc + jnp.einsum(f"...mk,{b_spec}->...mn", da, b)
+    if db is not None:
+        dc = dc + jnp.einsum(f"...mk,{b_spec}->...mn", a, db)
+    return dc
+
+
+matmul = register("matmul", _matmul_fwd, _matmul_bwd, _matmul_jvp)
