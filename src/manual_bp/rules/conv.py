@@ -16,7 +16,9 @@ convolution (the cotangent dilated by the stride, ``lhs_dilation``), and its ker
 is a convolution of the input with the cotangent (dilated by the stride, strided by the
 dilation). Pooling backward passes scatter each window's cotangent back with one
 strided ``lax.pad`` per window offset (i, j) — a loop over the kh·kw offsets, never over
-positions.
+positions. Forward passes (jvps) are the same operations on the tangents: convolution is
+bilinear, so ẏ = conv(ẋ, w) + conv(x, ẇ) + ḃ; average pooling and flatten are linear; max
+pooling reads each tangent at its window's first maximum, the tie convention of its backward.
 """
 
 from __future__ import annotations
@@ -198,8 +200,14 @@ def _conv2d_fwd(x, w, b, *, strides=(1, 1), padding="SAME", dilation=(1, 1), gro
             f"for x of shape {tuple(x.shape)} and groups={groups}, got {tuple(w.shape)}"
         )
     require_shape("conv2d", "b", b, (o,))
+    y = _convolve(x, w, strides, padding, dilation, groups)
+    return y + jnp.reshape(b, (1, 1, 1, o)), Conv2DResiduals(x, w)
+
+
+def _convolve(x, w, strides, padding, dilation, groups):
+    """Σ_{i,j,c} xpad[n, p·s + i·d, q·s + j·d, g(o)·C/G + c] w[i,j,c,o]: conv2d without b."""
     geo = conv_geometry(x.shape, w.shape, strides, padding, dilation)
-    y = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         x,
         w,
         geo.strides,
@@ -208,7 +216,14 @@ def _conv2d_fwd(x, w, b, *, strides=(1, 1), padding="SAME", dilation=(1, 1), gro
         dimension_numbers=_NHWC,
         feature_group_count=int(groups),
     )
-    return y + jnp.reshape(b, (1, 1, 1, o)), Conv2DResiduals(x, w)
+
+
+def _conv2d_jvp(res, dx, dw, db, *, strides=(1, 1), padding="SAME", dilation=(1, 1), groups=1):
+    """dy = conv(dx, w) + conv(x, dw) + db: the convolution is bilinear in (x, w)."""
+    x, w = res
+    conv = _convolve(dx, w, strides, padding, dilation, groups)
+    conv = conv + _convolve(x, dw, strides, padding, dilation, groups)
+    return conv + jnp.reshape(db, (1, 1, 1, db.shape[0]))
 
 
 def _conv2d_bwd(res, g, *, strides=(1, 1), padding="SAME", dilation=(1, 1), groups=1):
@@ -263,7 +278,7 @@ def _conv2d_bwd(res, g, *, strides=(1, 1), padding="SAME", dilation=(1, 1), grou
     return dx, dw, db
 
 
-conv2d = register("conv2d", _conv2d_fwd, _conv2d_bwd)
+conv2d = register("conv2d", _conv2d_fwd, _conv2d_bwd, _conv2d_jvp)
 
 
 # ---- pooling: windows by strided slices, and their transpose --------------------------------
@@ -343,7 +358,18 @@ def _max_pool2d_bwd(res, g, *, window=(2, 2), strides=None, padding="VALID"):
     return (dx,)
 
 
-max_pool2d = register("max_pool2d", _max_pool2d_fwd, _max_pool2d_bwd)
+def _max_pool2d_jvp(res, dx, *, window=(2, 2), strides=None, padding="VALID"):
+    """dy[n,p,q,c] = dxpad[n, p·s + i*, q·s + j*, c], (i*, j*) the window's first maximum."""
+    arg, token = res
+    geo = pool_geometry("max_pool2d", token.shape[:4], window, strides, padding)
+    dxp = lax.pad(dx, jnp.zeros((), dx.dtype), _pad4(geo))
+    zero = jnp.zeros((), dx.dtype)
+    return sum(
+        jnp.where(arg == k, _window(dxp, i, j, geo), zero) for k, (i, j) in enumerate(_offsets(geo))
+    )
+
+
+max_pool2d = register("max_pool2d", _max_pool2d_fwd, _max_pool2d_bwd, _max_pool2d_jvp)
 
 
 # ---- avg_pool2d -----------------------------------------------------------------------------
@@ -368,11 +394,21 @@ def _avg_pool2d_fwd(x, *, window=(2, 2), strides=None, padding="VALID"):
     """
     _require_nhwc("avg_pool2d", x)
     geo = pool_geometry("avg_pool2d", x.shape, window, strides, padding)
+    return _average(x, geo), (_shape_token(x),)
+
+
+def _average(x, geo: _Geometry):
+    """(1 / |W(p,q)|) Σ_{(h,w) ∈ W(p,q)} x[n,h,w,c] for every window (p, q)."""
     (kh, kw), (sh, sw) = geo.window, geo.strides
     pads = tuple((lo, hi) for lo, hi, _ in _pad4(geo))
     total = lax.reduce_window(x, 0.0, lax.add, (1, kh, kw, 1), (1, sh, sw, 1), pads)
-    count = jnp.asarray(_window_counts(geo).reshape((1, *geo.out, 1)), x.dtype)
-    return total / count, (_shape_token(x),)
+    return total / jnp.asarray(_window_counts(geo).reshape((1, *geo.out, 1)), x.dtype)
+
+
+def _avg_pool2d_jvp(res, dx, *, window=(2, 2), strides=None, padding="VALID"):
+    """dy = avg_pool2d(dx): the average is linear."""
+    (token,) = res
+    return _average(dx, pool_geometry("avg_pool2d", token.shape[:4], window, strides, padding))
 
 
 def _avg_pool2d_bwd(res, g, *, window=(2, 2), strides=None, padding="VALID"):
@@ -384,7 +420,7 @@ def _avg_pool2d_bwd(res, g, *, window=(2, 2), strides=None, padding="VALID"):
     return (dx,)
 
 
-avg_pool2d = register("avg_pool2d", _avg_pool2d_fwd, _avg_pool2d_bwd)
+avg_pool2d = register("avg_pool2d", _avg_pool2d_fwd, _avg_pool2d_bwd, _avg_pool2d_jvp)
 
 
 # ---- flatten --------------------------------------------------------------------------------
@@ -406,4 +442,9 @@ def _flatten_bwd(res, g):
     return (jnp.reshape(g, token.shape[:-1]),)
 
 
-flatten = register("flatten", _flatten_fwd, _flatten_bwd)
+def _flatten_jvp(res, dx):
+    """dy = reshape(dx, (N, Π ...)): flattening is linear."""
+    return jnp.reshape(dx, (dx.shape[0], math.prod(dx.shape[1:])))
+
+
+flatten = register("flatten", _flatten_fwd, _flatten_bwd, _flatten_jvp)

@@ -10,7 +10,9 @@ step. The backward pass is backpropagation through time: a reverse ``lax.scan`` 
 pre-activation. Weights are shared over time, so their gradients sum over every step —
 ∂C/∂W = Σ_t a_tᵀ δ_t — and are taken after the scan as one contraction over (n, t) instead of
 T small products inside it. The initial states h0 (c0) are inputs and get their own gradient:
-the carry left over when the reverse scan reaches t = 0.
+the carry left over when the reverse scan reaches t = 0. Forward mode (the jvps) is a forward
+``lax.scan`` of the tangent recurrence from ḣ_0 (and ċ_0), the step's input and shared-weight
+terms computed for all steps at once before it.
 """
 
 from __future__ import annotations
@@ -127,7 +129,23 @@ def _rnn_bwd(res, g):
     return dx, dh0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
 
 
-rnn = register("rnn", _rnn_fwd, _rnn_bwd)
+def _rnn_jvp(res, dx, dh0, dw_x, dw_h, db):
+    """ḣ_t = (1 − h_t²) ⊙ (ẋ_t w_x + x_t ẇ_x + ḃ + h_{t−1} ẇ_h + ḣ_{t−1} w_h), from ḣ_0 = dh0."""
+    h_prev = _previous(res.h0, res.hs)
+    du = _input_projection(dx, res.w_x, db) + _time_major(
+        jnp.einsum("nti,ig->ntg", res.x, dw_x) + jnp.einsum("ntk,kg->ntg", h_prev, dw_h)
+    )
+
+    def step(dh, inputs):
+        du_t, h_t = inputs
+        dh = (1 - h_t * h_t) * (du_t + dh @ res.w_h)
+        return dh, dh
+
+    _, dhs = lax.scan(step, dh0, (du, _time_major(res.hs)))
+    return _time_major(dhs)
+
+
+rnn = register("rnn", _rnn_fwd, _rnn_bwd, _rnn_jvp)
 
 
 # ---- LSTM ------------------------------------------------------------------------------------
@@ -208,7 +226,40 @@ def _lstm_bwd(res, g):
     return dx, dh0, dc0, _rows(xt).T @ d, _rows(h_prev).T @ d, jnp.sum(d, axis=0)
 
 
-lstm = register("lstm", _lstm_fwd, _lstm_bwd)
+def _lstm_jvp(res, dx, dh0, dc0, dw_x, dw_h, db):
+    """ȧ = ẋ w_x + x ẇ_x + ḃ + h_{t−1} ẇ_h + ḣ_{t−1} w_h;  [i̇, ḟ, ġ, ȯ] = slope ⊙ ȧ;
+    ċ_t = ḟ c_{t−1} + f ċ_{t−1} + i̇ g + i ġ;  ḣ_t = ȯ tanh c_t + o (1 − tanh²c_t) ċ_t.
+    """
+    h0, c0, w_h, cs, acts = res.h0, res.c0, res.w_h, res.cs, res.acts
+    hidden = h0.shape[1]
+    tcs = jnp.tanh(cs)
+    column = lax.broadcasted_iota(jnp.int32, (1, 4 * hidden), 1)
+    is_g = (column >= 2 * hidden) & (column < 3 * hidden)
+    hs = acts[..., 3 * hidden :] * tcs
+    h_prev = jnp.concatenate([jnp.expand_dims(h0, 0), hs[:-1]], axis=0)
+    c_prev = jnp.concatenate([jnp.expand_dims(c0, 0), cs[:-1]], axis=0)
+    xt, dxt = _time_major(res.x), _time_major(dx)
+    da = jnp.reshape(
+        _rows(dxt) @ res.w_x + _rows(xt) @ dw_x + _rows(h_prev) @ dw_h + jnp.reshape(db, (1, -1)),
+        acts.shape,
+    )
+
+    def step(carry, inputs):
+        dh, dc = carry
+        da_t, c_p, tc, act = inputs
+        slope = jnp.where(is_g, 1 - act * act, act * (1 - act))
+        d = (da_t + dh @ w_h) * slope
+        di, df, dg, do = (d[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        i, f, gg, o = (act[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        dc = df * c_p + f * dc + di * gg + i * dg
+        dh = do * tc + o * (1 - tc * tc) * dc
+        return (dh, dc), dh
+
+    _, dhs = lax.scan(step, (dh0, dc0), (da, c_prev, tcs, acts))
+    return _time_major(dhs)
+
+
+lstm = register("lstm", _lstm_fwd, _lstm_bwd, _lstm_jvp)
 
 
 # ---- GRU -------------------------------------------------------------------------------------
@@ -284,7 +335,32 @@ def _gru_bwd(res, g):
     return dx, dh0, dw_x, dw_h, jnp.sum(d_u, axis=(0, 1)), jnp.sum(d_v, axis=(0, 1))
 
 
-gru = register("gru", _gru_fwd, _gru_bwd)
+def _gru_jvp(res, dx, dh0, dw_x, dw_h, db_x, db_h):
+    """u̇ = ẋ w_x + x ẇ_x + ḃ_x, v̇ = h_{t−1} ẇ_h + ḃ_h + ḣ_{t−1} w_h;  ṙ, ż = σ' (u̇ + v̇);
+    ṅ = (1 − n²)(u̇_n + ṙ v_n + r v̇_n);  ḣ_t = (1 − z) ṅ + ż (h_{t−1} − n) + z ḣ_{t−1}.
+    """
+    h0, w_h = res.h0, res.w_h
+    hidden = h0.shape[1]
+    h_prev = _previous(h0, res.hs)
+    du = _input_projection(dx, res.w_x, db_x) + _time_major(jnp.einsum("nti,ig->ntg", res.x, dw_x))
+    dv = _input_projection(h_prev, dw_h, db_h)
+
+    def step(dh, inputs):
+        du_t, dv_t, h_p, act, v_n = inputs
+        r, z, n = (act[:, k * hidden : (k + 1) * hidden] for k in range(3))
+        dv_t = dv_t + dh @ w_h
+        drz = act[:, : 2 * hidden] * (1 - act[:, : 2 * hidden]) * (du_t + dv_t)[:, : 2 * hidden]
+        dr, dz = drz[:, :hidden], drz[:, hidden:]
+        dn = (1 - n * n) * (du_t[:, 2 * hidden :] + dr * v_n + r * dv_t[:, 2 * hidden :])
+        dh = (1 - z) * dn + dz * (h_p - n) + z * dh
+        return dh, dh
+
+    inputs = (du, dv, *(_time_major(a) for a in (h_prev, res.acts, res.v_ns)))
+    _, dhs = lax.scan(step, dh0, inputs)
+    return _time_major(dhs)
+
+
+gru = register("gru", _gru_fwd, _gru_bwd, _gru_jvp)
 
 
 # ---- selecting the last step -----------------------------------------------------------------
@@ -308,4 +384,9 @@ def _last_step_bwd(res, g):
     return (jnp.zeros(shape, g.dtype).at[..., -1, :].set(g),)
 
 
-last_step = register("last_step", _last_step_fwd, _last_step_bwd)
+def _last_step_jvp(res, dx):
+    """dy[..., f] = dx[..., T−1, f]: selecting a step is linear."""
+    return dx[..., -1, :]
+
+
+last_step = register("last_step", _last_step_fwd, _last_step_bwd, _last_step_jvp)
