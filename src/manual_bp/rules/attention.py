@@ -164,4 +164,56 @@ def _mha_bwd(res, g, *, num_heads, causal=False):
     return (*(a.astype(dtype) for a in cts), None)
 
 
-multi_head_attention = register("multi_head_attention", _mha_fwd, _mha_bwd)
+def tangent_projections(res, tangents):
+    """(dq, dk, dv) (N, T, H, E) of the projections along the tangents of (x, W_·, b_·):
+    d· = dx W_· + x dW_· + db_·, in the residuals' (widened) dtype; ``None`` tangents are zero.
+    Also the tangents' own dtype (that of the first given one), which the output is cast to."""
+    dx, dwq, dwk, dwv, _, dbq, dbk, dbv, _ = tangents
+    given = [a for a in tangents if a is not None]
+    dtype = given[0].dtype if given else res.x.dtype
+    shape = res.q.shape
+    wide = res.x.dtype
+    outs = []
+    for w, dw, db in ((res.wq, dwq, dbq), (res.wk, dwk, dbk), (res.wv, dwv, dbv)):
+        out = jnp.zeros((*res.x.shape[:2], w.shape[1]), wide)
+        if dx is not None:
+            out = out + jnp.einsum("ntd,do->nto", dx.astype(wide), w)
+        if dw is not None:
+            out = out + jnp.einsum("ntd,do->nto", res.x, dw.astype(wide))
+        if db is not None:
+            out = out + jnp.reshape(db.astype(wide), (1, 1, -1))
+        outs.append(jnp.reshape(out, shape))
+    return (*outs, dtype)
+
+
+def tangent_output(res, dc, tangents, dtype):
+    """dy = dc W_o + c dW_o + db_o from the context's tangent dc (N, T, H, E), cast to ``dtype``."""
+    _, _, _, _, dwo, _, _, _, dbo = tangents
+    n, t, d = res.c.shape
+    wide = res.c.dtype
+    dy = jnp.einsum("ntd,do->nto", jnp.reshape(dc, (n, t, d)), res.wo)
+    if dwo is not None:
+        dy = dy + jnp.einsum("ntd,do->nto", res.c, dwo.astype(wide))
+    if dbo is not None:
+        dy = dy + jnp.reshape(dbo.astype(wide), (1, 1, d))
+    return dy.astype(dtype)
+
+
+def _mha_jvp(res, dx, dwq, dwk, dwv, dwo, dbq, dbk, dbv, dbo, dmask, *, num_heads, causal=False):
+    """dz = (dq kᵀ + q dkᵀ)/√E;  dp = p ⊙ (dz − Σ_s p dz);  dc = dp v + p dv;
+    dy = dc W_o + c dW_o + db_o, with d· = dx W_· + x dW_· + db_· (the mask takes no tangent).
+    Masked keys have p = 0, so they get no tangent either (a fully masked row: dc = 0)."""
+    del dmask, num_heads, causal
+    tangents = (dx, dwq, dwk, dwv, dwo, dbq, dbk, dbv, dbo)
+    dq, dk, dv, dtype = tangent_projections(res, tangents)
+    e = res.q.shape[-1]
+    p = res.p
+    dz = (jnp.einsum("nthe,nshe->nhts", dq, res.k) + jnp.einsum("nthe,nshe->nhts", res.q, dk)) * (
+        1.0 / math.sqrt(e)
+    )
+    dp = p * (dz - jnp.sum(p * dz, axis=-1, keepdims=True))
+    dc = jnp.einsum("nhts,nshe->nthe", dp, res.v) + jnp.einsum("nhts,nshe->nthe", p, dv)
+    return tangent_output(res, dc, tangents, dtype)
+
+
+multi_head_attention = register("multi_head_attention", _mha_fwd, _mha_bwd, _mha_jvp)
