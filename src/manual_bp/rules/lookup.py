@@ -49,7 +49,18 @@ def _embedding_bwd(res, g):
     return None, jnp.zeros((v, d), res.table.dtype).at[rows].add(g)
 
 
-embedding = register("embedding", _embedding_fwd, _embedding_bwd)
+def _embedding_jvp(res, dids, dtable):
+    """(·, d table) ↦ dy[..., d] = d table[ids[...], d] (0 where an id is out of range).
+
+    The ids take no tangent (``dids`` is ``None``).
+    """
+    del dids
+    ids, v = res.ids, res.table.shape[0]
+    valid = (ids >= 0) & (ids < v)
+    return jnp.where(valid[..., None], dtable[jnp.where(valid, ids, 0)], 0)
+
+
+embedding = register("embedding", _embedding_fwd, _embedding_bwd, _embedding_jvp)
 
 
 def _add_positions_fwd(x, table):
@@ -78,4 +89,13 @@ def _add_positions_bwd(res, g):
     return g, jnp.pad(dpos, ((0, length - dpos.shape[0]), (0, 0)))
 
 
-add_positions = register("add_positions", _add_positions_fwd, _add_positions_bwd)
+def _add_positions_jvp(res, dx, dtable):
+    """(dx, d table) ↦ dy[..., t, d] = dx[..., t, d] + d table[t, d] for t < T."""
+    del res
+    t, d = dx.shape[-2:]
+    return dx + jnp.reshape(dtable[:t], (1,) * (dx.ndim - 2) + (t, d))
+
+
+add_positions = register(
+    "add_positions", _add_positions_fwd, _add_positions_bwd, _add_positions_jvp
+)

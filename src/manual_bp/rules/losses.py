@@ -47,7 +47,14 @@ def _mse_bwd(res, g):
     return dpred, -dpred
 
 
-mse = register("mse", _mse_fwd, _mse_bwd)
+def _mse_jvp(res, dpred, dtarget):
+    """(dpred, dtarget) ↦ dC = (2/M) Σ (pred − target)(dpred − dtarget)."""
+    (diff,) = res
+    d = dpred if dtarget is None else dpred - dtarget
+    return (2 / diff.size) * jnp.sum(diff * d)
+
+
+mse = register("mse", _mse_fwd, _mse_bwd, _mse_jvp)
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
@@ -87,8 +94,29 @@ def _softmax_cross_entropy_bwd(res, g):
     return (g / n) * (p * total - labels), (-g / n) * logp
 
 
+def _softmax_cross_entropy_jvp(res, dlogits, dlabels):
+    """(dz, dt) ↦ dC = (1/N) Σ (p Σ_c t − t)·dz − (1/N) Σ log p·dt  (ids: (1/N) Σ (p − onehot)·dz).
+
+    Integer labels take no tangent (``dlabels`` is ``None``).
+    """
+    logp, labels = res
+    n = logp.size // logp.shape[-1]
+    p = jnp.exp(logp)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        onehot = jax.nn.one_hot(labels, logp.shape[-1], dtype=logp.dtype)
+        return jnp.sum((p - onehot) * dlogits) / n
+    total = jnp.sum(labels, axis=-1, keepdims=True)
+    dc = jnp.sum((p * total - labels) * dlogits)
+    if dlabels is not None:
+        dc = dc - jnp.sum(logp * dlabels)
+    return dc / n
+
+
 softmax_cross_entropy = register(
-    "softmax_cross_entropy", _softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd
+    "softmax_cross_entropy",
+    _softmax_cross_entropy_fwd,
+    _softmax_cross_entropy_bwd,
+    _softmax_cross_entropy_jvp,
 )
 
 
@@ -105,6 +133,15 @@ def _sigmoid_bce_bwd(res, g):
     return scale * (lax.logistic(logits) - labels), -scale * logits
 
 
+def _sigmoid_bce_jvp(res, dlogits, dlabels):
+    """(dz, dt) ↦ dC = (1/M) Σ [(σ(z) − t) dz − z dt]."""
+    logits, labels = res
+    dc = jnp.sum((lax.logistic(logits) - labels) * dlogits)
+    if dlabels is not None:
+        dc = dc - jnp.sum(logits * dlabels)
+    return dc / logits.size
+
+
 sigmoid_binary_cross_entropy = register(
-    "sigmoid_binary_cross_entropy", _sigmoid_bce_fwd, _sigmoid_bce_bwd
+    "sigmoid_binary_cross_entropy", _sigmoid_bce_fwd, _sigmoid_bce_bwd, _sigmoid_bce_jvp
 )

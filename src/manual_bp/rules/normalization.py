@@ -70,7 +70,19 @@ def _layer_norm_bwd(res, g, *, eps=1e-5):
     return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
 
 
-layer_norm = register("layer_norm", _layer_norm_fwd, _layer_norm_bwd)
+def _layer_norm_jvp(res, dx, dgamma, dbeta, *, eps=1e-5):
+    """(dx, dγ, dβ) ↦ dy = γ r (dx − mean_d dx − x̂ mean_d(x̂ dx)) + x̂ dγ + dβ."""
+    del eps
+    xhat, r, gamma = res
+    dxhat = r * (
+        dx
+        - jnp.mean(dx, axis=-1, keepdims=True)
+        - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True)
+    )
+    return dxhat * _row(gamma, dx.ndim) + xhat * _row(dgamma, dx.ndim) + _row(dbeta, dx.ndim)
+
+
+layer_norm = register("layer_norm", _layer_norm_fwd, _layer_norm_bwd, _layer_norm_jvp)
 
 
 def _rms_norm_fwd(x, gamma, *, eps=1e-6):
@@ -91,7 +103,15 @@ def _rms_norm_bwd(res, g, *, eps=1e-6):
     return dx, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
 
 
-rms_norm = register("rms_norm", _rms_norm_fwd, _rms_norm_bwd)
+def _rms_norm_jvp(res, dx, dgamma, *, eps=1e-6):
+    """(dx, dγ) ↦ dy = γ r (dx − x̂ mean_d(x̂ dx)) + x̂ dγ."""
+    del eps
+    xhat, r, gamma = res
+    dxhat = r * (dx - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True))
+    return dxhat * _row(gamma, dx.ndim) + xhat * _row(dgamma, dx.ndim)
+
+
+rms_norm = register("rms_norm", _rms_norm_fwd, _rms_norm_bwd, _rms_norm_jvp)
 
 
 def batch_moments(x: Any) -> tuple[Any, Any]:
@@ -130,7 +150,17 @@ def _batch_norm_bwd(res, g, *, eps=1e-5):
     return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
 
 
-batch_norm = register("batch_norm", _batch_norm_fwd, _batch_norm_bwd)
+def _batch_norm_jvp(res, dx, dgamma, dbeta, *, eps=1e-5):
+    """(dx, dγ, dβ) ↦ dy = γ r (dx − mean_m dx − x̂ mean_m(x̂ dx)) + x̂ dγ + dβ."""
+    del eps
+    xhat, r, gamma = res
+    batch = tuple(range(dx.ndim - 1))
+    centred = dx - jnp.mean(dx, axis=batch, keepdims=True)
+    dxhat = _row(r, dx.ndim) * (centred - xhat * jnp.mean(xhat * dx, axis=batch, keepdims=True))
+    return dxhat * _row(gamma, dx.ndim) + xhat * _row(dgamma, dx.ndim) + _row(dbeta, dx.ndim)
+
+
+batch_norm = register("batch_norm", _batch_norm_fwd, _batch_norm_bwd, _batch_norm_jvp)
 
 
 def _batch_norm_inference_fwd(x, mean, var, gamma, beta, *, eps=1e-5):
@@ -160,6 +190,18 @@ def _batch_norm_inference_bwd(res, g, *, eps=1e-5):
     )
 
 
+def _batch_norm_inference_jvp(res, dx, dmean, dvar, dgamma, dbeta, *, eps=1e-5):
+    """(dx, dμ, dv, dγ, dβ) ↦ dy = γ (r (dx − dμ) − ½ x̂ r² dv) + x̂ dγ + dβ."""
+    del eps
+    xhat, r, gamma = res
+    n = dx.ndim
+    dxhat = _row(r, n) * (dx - _row(dmean, n)) - 0.5 * xhat * _row(r * r * dvar, n)
+    return dxhat * _row(gamma, n) + xhat * _row(dgamma, n) + _row(dbeta, n)
+
+
 batch_norm_inference = register(
-    "batch_norm_inference", _batch_norm_inference_fwd, _batch_norm_inference_bwd
+    "batch_norm_inference",
+    _batch_norm_inference_fwd,
+    _batch_norm_inference_bwd,
+    _batch_norm_inference_jvp,
 )

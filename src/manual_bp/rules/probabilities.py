@@ -38,7 +38,13 @@ def _softmax_bwd(res, g, *, axis=-1):
     return (p * (g - jnp.sum(p * g, axis=axis, keepdims=True)),)
 
 
-softmax = register("softmax", _softmax_fwd, _softmax_bwd)
+def _softmax_jvp(res, t, *, axis=-1):
+    """dz ↦ dp = p ⊙ (dz − Σ_j p_j dz_j)."""
+    (p,) = res
+    return p * (t - jnp.sum(p * t, axis=axis, keepdims=True))
+
+
+softmax = register("softmax", _softmax_fwd, _softmax_bwd, _softmax_jvp)
 
 
 def log_softmax_fwd(z, *, axis=-1):
@@ -54,7 +60,13 @@ def _log_softmax_bwd(res, g, *, axis=-1):
     return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
 
 
-log_softmax = register("log_softmax", log_softmax_fwd, _log_softmax_bwd)
+def _log_softmax_jvp(res, t, *, axis=-1):
+    """dz ↦ dy = dz − Σ_j e^{y_j} dz_j."""
+    (y,) = res
+    return t - jnp.sum(jnp.exp(y) * t, axis=axis, keepdims=True)
+
+
+log_softmax = register("log_softmax", log_softmax_fwd, _log_softmax_bwd, _log_softmax_jvp)
 
 
 def _logsumexp_fwd(z, *, axis=-1):
@@ -72,4 +84,10 @@ def _logsumexp_bwd(res, g, *, axis=-1):
     return (jnp.expand_dims(g, axis) * p,)
 
 
-logsumexp = register("logsumexp", _logsumexp_fwd, _logsumexp_bwd)
+def _logsumexp_jvp(res, t, *, axis=-1):
+    """dz ↦ dL = Σ_i p_i dz_i, p = softmax(z) (the axis is removed)."""
+    (p,) = res
+    return jnp.sum(p * t, axis=axis % p.ndim)
+
+
+logsumexp = register("logsumexp", _logsumexp_fwd, _logsumexp_bwd, _logsumexp_jvp)

@@ -65,4 +65,10 @@ def _dropout_bwd(res, g, *, rate):
     return g * scale, None
 
 
-dropout = register("dropout", _dropout_fwd, _dropout_bwd)
+def _dropout_jvp(res, dx, dkey, *, rate):
+    """(dx, ·) ↦ dy = dx s; the key takes no tangent (``dkey`` is ``None``)."""
+    del rate, dkey
+    return dx * res.scale
+
+
+dropout = register("dropout", _dropout_fwd, _dropout_bwd, _dropout_jvp)
