@@ -11,6 +11,7 @@ from .activations import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, t
 from .attention import multi_head_attention
 from .contract import RULES, Rule, get_rule, register
 from .conv import avg_pool2d, conv2d, flatten, max_pool2d
+from .flash_attention import flash_attention
 from .linear import dense, matmul
 from .lookup import add_positions, embedding
 from .losses import mse, sigmoid_binary_cross_entropy, softmax_cross_entropy
@@ -31,6 +32,7 @@ __all__ = [
     "dropout",
     "elu",
     "embedding",
+    "flash_attention",
     "flatten",
     "gelu",
     "get_rule",

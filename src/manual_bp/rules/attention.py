@@ -59,7 +59,7 @@ class AttentionResiduals(NamedTuple):
     wo: Any
 
 
-def _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[int, ...]:
+def check_attention(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[int, ...]:
     arrays = {"x": x, "wq": wq, "wk": wk, "wv": wv, "wo": wo, "bq": bq, "bk": bk, "bv": bv}
     arrays["bo"] = bo
     for arg, a in arrays.items():
@@ -85,7 +85,7 @@ def _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[
     return n, t, d, num_heads, d // num_heads
 
 
-def _widen(*arrays):
+def widen(*arrays):
     """Half-precision inputs computed in float32 (the softmax and its backward cancel sums);
     float32 and float64 unchanged. Results are cast back to the input dtype."""
     dtype = arrays[0].dtype
@@ -93,7 +93,7 @@ def _widen(*arrays):
     return tuple(a.astype(wide) for a in arrays)
 
 
-def _allowed(mask, n, t, causal):
+def allowed_keys(mask, n, t, causal):
     """allowed[n, 1, t, s]: key s may be attended by query t (broadcast over the heads)."""
     keep = jnp.ones((n, 1, t, t), jnp.bool_)
     if mask is not None:
@@ -103,7 +103,7 @@ def _allowed(mask, n, t, causal):
     return keep
 
 
-def _project(x, w, b, shape):
+def project_heads(x, w, b, shape):
     """x W + b split into heads: (n, t, d) -> (n, t, h, e)."""
     return jnp.reshape(jnp.einsum("ntd,do->nto", x, w) + jnp.reshape(b, (1, 1, -1)), shape)
 
@@ -114,12 +114,12 @@ def _mha_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=False
     The residuals are :class:`AttentionResiduals`: x, the head-split q, k, v, the
     probabilities p, the merged context c and the four weight matrices.
     """
-    n, t, d, h, e = _check(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal)
+    n, t, d, h, e = check_attention(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal)
     dtype = x.dtype
-    x, wq, wk, wv, wo, bq, bk, bv, bo = _widen(x, wq, wk, wv, wo, bq, bk, bv, bo)
-    q, k, v = (_project(x, w, b, (n, t, h, e)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    x, wq, wk, wv, wo, bq, bk, bv, bo = widen(x, wq, wk, wv, wo, bq, bk, bv, bo)
+    q, k, v = (project_heads(x, w, b, (n, t, h, e)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
     z = jnp.einsum("nthe,nshe->nhts", q, k) * (1.0 / math.sqrt(e))
-    allowed = _allowed(mask, n, t, causal)
+    allowed = allowed_keys(mask, n, t, causal)
     m = lax.stop_gradient(jnp.max(jnp.where(allowed, z, -jnp.inf), axis=-1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0)  # the shift cancels in p; 0 for a fully masked row
     ez = jnp.where(allowed, jnp.exp(jnp.where(allowed, z - m, 0)), 0)
@@ -128,6 +128,28 @@ def _mha_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=False
     c = jnp.reshape(jnp.einsum("nhts,nshe->nthe", p, v), (n, t, d))
     y = jnp.einsum("ntd,do->nto", c, wo) + jnp.reshape(bo, (1, 1, d))
     return y.astype(dtype), AttentionResiduals(x, q, k, v, p, c, wq, wk, wv, wo)
+
+
+def projection_cotangents(res, g, dq, dk, dv, dtype):
+    """The ten cotangents from those of the projections dq, dk, dv (N, T, H, E) and of the
+    output g: dx = Σ d· W_·ᵀ, dW_· = xᵀ d·, dW_o = cᵀ g, db_q = Σ dq, db_v = Σ dv, db_o = Σ g and
+    db_k = 0 (a shift of b_k moves all of a query's scores together, which softmax ignores);
+    cast to ``dtype``; the mask gets ``None``."""
+    n, t, h, e = dq.shape
+    dq, dk, dv = (jnp.reshape(a, (n, t, h * e)) for a in (dq, dk, dv))
+    dx = (
+        jnp.einsum("nto,do->ntd", dq, res.wq)
+        + jnp.einsum("nto,do->ntd", dk, res.wk)
+        + jnp.einsum("nto,do->ntd", dv, res.wv)
+    )
+    dws = [jnp.einsum("ntd,nto->do", res.x, a) for a in (dq, dk, dv)]
+    dwo = jnp.einsum("ntd,nto->do", res.c, g)
+    # db_k = Σ_{n,s} dk = Σ_{n,t} q[n,t]·Σ_s dz[n,t,s] = 0: b_k adds q_t·b_k to every score of
+    # query t, which softmax ignores. Written as the exact zero it is, not as a rounding residue.
+    dbq, dbv = jnp.sum(dq, axis=(0, 1)), jnp.sum(dv, axis=(0, 1))
+    dbo = jnp.sum(g, axis=(0, 1))
+    cts = (dx, *dws, dwo, dbq, jnp.zeros_like(dbq), dbv, dbo)
+    return (*(a.astype(dtype) for a in cts), None)
 
 
 def _mha_bwd(res, g, *, num_heads, causal=False):
@@ -139,29 +161,16 @@ def _mha_bwd(res, g, *, num_heads, causal=False):
     """
     del num_heads, causal
     dtype = g.dtype
-    (g,) = _widen(g)
+    (g,) = widen(g)
     n, t, h, e = res.q.shape
     p = res.p
-    dbo = jnp.sum(g, axis=(0, 1))
-    dwo = jnp.einsum("ntd,nto->do", res.c, g)
     dc = jnp.reshape(jnp.einsum("nto,do->ntd", g, res.wo), (n, t, h, e))
     dp = jnp.einsum("nthe,nshe->nhts", dc, res.v)
     dv = jnp.einsum("nhts,nthe->nshe", p, dc)
     dz = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * (1.0 / math.sqrt(e))
     dq = jnp.einsum("nhts,nshe->nthe", dz, res.k)
     dk = jnp.einsum("nhts,nthe->nshe", dz, res.q)
-    dq, dk, dv = (jnp.reshape(a, (n, t, h * e)) for a in (dq, dk, dv))
-    dx = (
-        jnp.einsum("nto,do->ntd", dq, res.wq)
-        + jnp.einsum("nto,do->ntd", dk, res.wk)
-        + jnp.einsum("nto,do->ntd", dv, res.wv)
-    )
-    dws = [jnp.einsum("ntd,nto->do", res.x, a) for a in (dq, dk, dv)]
-    # db_k = Σ_{n,s} dk = Σ_{n,t} q[n,t]·Σ_s dz[n,t,s] = 0: b_k adds q_t·b_k to every score of
-    # query t, which softmax ignores. Written as the exact zero it is, not as a rounding residue.
-    dbq, dbv = jnp.sum(dq, axis=(0, 1)), jnp.sum(dv, axis=(0, 1))
-    cts = (dx, *dws, dwo, dbq, jnp.zeros_like(dbq), dbv, dbo)
-    return (*(a.astype(dtype) for a in cts), None)
+    return projection_cotangents(res, g, dq, dk, dv, dtype)
 
 
 def tangent_projections(res, tangents):

@@ -439,6 +439,43 @@ TRANSFORMER_ROWS: tuple[Row, ...] = (
     ),
 )
 
+# The blockwise rule (rules/flash_attention.py): blocks of 2 keys, so that T = 3, 5 span
+# several blocks and end in a padded one; the same inputs as multi_head_attention's rows.
+FLASH_ROWS: tuple[Row, ...] = (
+    Row(
+        "flash_attention",
+        attention_args(False),
+        ((1, 5, 6),),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2, "block_size": 2},
+        extreme=False,
+        masked=True,
+    ),
+    Row(
+        "flash_attention",
+        attention_args(True),
+        ((2, 5, 4),),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2, "causal": True, "block_size": 2},
+        label="flash_attention_causal",
+        extreme=False,
+        masked=True,
+    ),
+    Row(
+        "flash_attention",
+        attention_args(True),
+        ((2, 3, 4),),
+        diff=ATTENTION_DIFF,
+        zero=(6,),
+        static={"num_heads": 2, "causal": True, "block_size": 2},
+        label="flash_attention_extreme",
+        dtypes=(F64,),
+    ),
+)
+TRANSFORMER_ROWS = TRANSFORMER_ROWS + FLASH_ROWS
+
 # ---- training/evaluation modes (rules/normalization.py batch norm, rules/stochastic.py) ---------
 
 
