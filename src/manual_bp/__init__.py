@@ -14,7 +14,8 @@ network against autodiff), the research tools :mod:`~manual_bp.credit` and
 
 from . import credit, nn, parallel, per_example, rules
 from .adapter import as_custom_vjp
-from .grad import value_and_grad, value_grad_and_deltas
+from .primitive import as_primitive
+from .grad import hvp, value_and_grad, value_and_jvp, value_grad_and_deltas
 from .rules import RULES, Rule, get_rule, register
 from .verify import (
     NetworkReport,
@@ -30,17 +31,20 @@ __all__ = [
     "Rule",
     "RuleReport",
     "as_custom_vjp",
+    "as_primitive",
     "assert_rule_correct",
     "check_network",
     "check_rule",
     "credit",
     "get_rule",
+    "hvp",
     "nn",
     "parallel",
     "per_example",
     "register",
     "rules",
     "value_and_grad",
+    "value_and_jvp",
     "value_grad_and_deltas",
 ]
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from .nn import Context, Layer, by_layer, check_params, check_state, residual, serial
 from .nn.core import Shape, check_context, check_input, serial_backward
+from .nn.tangents import serial_jvp
 from .rules import Rule, get_rule
 from .rules.attention import AttentionResiduals
 from .rules.recurrent import GRUResiduals, LSTMResiduals, RNNResiduals
@@ -239,6 +240,9 @@ def _feedback(layer, variant, weights, init, *, twin):
             grads = {**grads, "feedback": {n: grads[n] for n in weights}}
         return grads, deltas, dx
 
+    def jvp(params, tape, dparams, dx):  # forward mode is the layer's own: B only goes backward
+        return layer.jvp(_inner(params), tape[0], _inner(dparams), dx)
+
     def state_of(tape):
         t, fb = tape
         state = dict(layer.state_of(t))
@@ -258,6 +262,7 @@ def _feedback(layer, variant, weights, init, *, twin):
         layer.children,
         init_state if variant == "fa" else layer.init_state,  # only FA adds state
         state_of,
+        jvp if layer.jvp is not None else None,
     )
     if not twin:
         _TWINS[backward] = _feedback(layer, variant, weights, init, twin=True).backward
@@ -342,6 +347,9 @@ def _direct_feedback(layers, name, init, *, twin):
 
         return serial_backward(named, params, tapes, dy, redirect)
 
+    def jvp(params, tape, dparams, dx):  # the forward mode of serial(*layers)
+        return serial_jvp(named, params, tape[0], dparams, dx)
+
     def state_of(tape):
         tapes, bs = tape
         return {**base.state_of(tapes), "_feedback": bs}
@@ -358,6 +366,7 @@ def _direct_feedback(layers, name, init, *, twin):
         named,
         init_state,
         state_of,
+        jvp,
     )
     if not twin:
         _TWINS[backward] = _direct_feedback(named, name, init, twin=True).backward

@@ -1,18 +1,31 @@
-"""Whole-network gradients from the handwritten backward: drop-in for ``jax.value_and_grad``."""
+"""Whole-network derivatives from the handwritten rules: drop-ins for ``jax.value_and_grad``
+(the backward pass), ``jax.jvp`` (the forward-mode pass) and Hessian-vector products (JAX's
+forward mode over the handwritten backward)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
+from ._checks import prefix_errors, require_array
 from .nn import Context, Layer, check_params, check_state, has_state
 from .nn.core import check_input
+from .nn.tangents import require_jvp, serial_jvp
 from .rules import Rule, get_rule
 from .rules.stochastic import require_key
 
-__all__ = ["Backprop", "backprop", "value_and_grad", "value_grad_and_deltas"]
+__all__ = [
+    "Backprop",
+    "backprop",
+    "hvp",
+    "tangent_pass",
+    "value_and_grad",
+    "value_and_jvp",
+    "value_grad_and_deltas",
+]
 
 
 class Backprop(NamedTuple):
@@ -39,19 +52,92 @@ def backprop(
 ) -> Backprop:
     """The lecture's two passes over ``net`` and ``loss`` (a :class:`~manual_bp.Rule`), after
     checking the inputs; ``taps`` (a dict) collects every layer's output."""
-    check_input(net, x)
-    check_params(net, params, x.shape)
-    if state is not None:
-        check_state(net, state, x.shape)
-    if key is not None:
-        require_key("value_and_grad", key)
-    ctx = Context(train, key, state, taps)
+    ctx = _checked_context(net, params, x, state, key, train, taps, "value_and_grad")
     out, tape = net.forward(params, x, ctx)  # forward pass: keep every activation a (= ∂z/∂w)
     c, loss_res = loss.fwd(out, y)
     dout = loss.bwd(loss_res, jnp.ones_like(c))[0]  # output layer: ∂C/∂z from the loss itself
     grads, deltas, _ = net.backward(params, tape, dout)  # backward pass: the reversed network
     new_state = net.state_of(tape) if state is not None else None
     return Backprop(c, new_state, grads, deltas)
+
+
+def _checked_context(net, params, x, state, key, train, taps, op) -> Context:
+    check_input(net, x)
+    check_params(net, params, x.shape)
+    if state is not None:
+        check_state(net, state, x.shape)
+    if key is not None:
+        require_key(op, key)
+    return Context(train, key, state, taps)
+
+
+def _check_tangents(net: Layer, params: Any, x: Any, dparams: Any, dx: Any) -> tuple[Any, Any]:
+    """The tangents, zeros for ``None``: ``dparams`` like ``params`` and ``dx`` like a float
+    ``x`` (``None`` for integer ids); ValueError/TypeError naming what does not match."""
+    op = f"value_and_jvp({net.name or net.kind!r})"
+    if dparams is None:
+        dparams = jax.tree.map(jnp.zeros_like, params)
+    prefix_errors(f"{op}: dparams", lambda: check_params(net, dparams, x.shape))
+    for (path, t), p in zip(
+        jax.tree_util.tree_leaves_with_path(dparams), jax.tree.leaves(params), strict=True
+    ):
+        if t.dtype != p.dtype:
+            where = jax.tree_util.keystr(path)
+            raise TypeError(f"{op}: dparams{where} has dtype {t.dtype}, its parameter {p.dtype}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        if dx is not None:
+            raise TypeError(f"{op}: x holds {x.dtype} ids, which take no tangent: pass dx=None")
+        return dparams, None
+    if dx is None:
+        return dparams, jnp.zeros_like(x)
+    require_array(op, "dx", dx)
+    if tuple(dx.shape) != tuple(x.shape) or dx.dtype != x.dtype:
+        raise ValueError(
+            f"{op}: dx must have x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+            f"got {tuple(dx.shape)} {dx.dtype}"
+        )
+    return dparams, dx
+
+
+def tangent_pass(
+    net: Layer,
+    loss: Rule,
+    params: Any,
+    x: Any,
+    y: Any,
+    dparams: Any = None,
+    dx: Any = None,
+    *,
+    state: Any = None,
+    key: Any = None,
+    train: bool = True,
+    inject: Callable[[Layer, Any], Any] | None = None,
+) -> tuple[Any, Any, Any]:
+    """One forward pass carrying a tangent beside every activation: ``(C, dC, new_state)``.
+
+    dC = ∇C · (dparams, dx), the directional derivative of the loss, from every layer's
+    handwritten ``jvp`` in order and the loss's own (or, for a loss rule without one,
+    ⟨∂C/∂out, d out⟩ from its backward, the same number for a scalar C). No backward pass
+    runs. ``inject(layer, dz)`` (a network that is a :func:`~manual_bp.nn.serial`) may
+    replace the tangent each top-level layer hands on.
+    """
+    ctx = _checked_context(net, params, x, state, key, train, None, "value_and_jvp")
+    dparams, dx = _check_tangents(net, params, x, dparams, dx)
+    out, tape = net.forward(params, x, ctx)
+    if inject is None:
+        dout = require_jvp(net)(params, tape, dparams, dx)
+    elif net.kind == "serial" and isinstance(tape, tuple) and len(tape) == len(net.children):
+        dout = serial_jvp(net.children, params, tape, dparams, dx, inject)
+    else:
+        raise ValueError(f"tangent_pass: inject needs a plain serial network, got {net.kind!r}")
+    c, loss_res = loss.fwd(out, y)
+    if loss.jvp is not None:
+        dc = loss.jvp(loss_res, dout, None)
+    else:
+        g = loss.bwd(loss_res, jnp.ones_like(c))[0]
+        dc = jnp.vdot(g, dout)
+    new_state = net.state_of(tape) if state is not None else None
+    return c, dc, new_state
 
 
 def _as_parts(net: Layer, loss: Rule | str, stateful: bool, train: bool) -> tuple[Layer, Rule]:
@@ -123,3 +209,62 @@ def value_grad_and_deltas(
     ``f(params, state, x, y, key=None) -> ((C, new_state), ∂C/∂params, deltas)``.
     """
     return _gradient_function(net, loss, has_state, train, with_deltas=True)
+
+
+def value_and_jvp(
+    net: Layer, loss: Rule | str, *, has_state: bool = False, train: bool = True
+) -> Callable[..., tuple[Any, Any]]:
+    """``f(params, x, y, dparams, dx=None, key=None) -> (C, dC)`` from the forward-mode pass.
+
+    dC = ∂C/∂params · dparams + ∂C/∂x · dx, the directional derivative of the loss: the same
+    pair as ``jax.jvp(lambda p, x: loss(net(p, x), y), (params, x), (dparams, dx))``, built from
+    every layer's handwritten ``jvp`` (:mod:`manual_bp.nn.tangents`) in one forward pass,
+    with no backward. ``dparams`` is a tree like ``params`` (``None``: zero) and ``dx`` has x's
+    shape and dtype (``None``: zero; always ``None`` for integer ids). ``has_state`` and
+    ``train`` as in :func:`value_and_grad`; with state,
+    ``f(params, state, x, y, dparams, dx=None, key=None) -> ((C, new_state), dC)``.
+    """
+    net, loss = _as_parts(net, loss, has_state, train)
+
+    if has_state:
+
+        def f_state(params, state, x, y, dparams=None, dx=None, key=None):
+            c, dc, new = tangent_pass(
+                net, loss, params, x, y, dparams, dx, state=state, key=key, train=train
+            )
+            return (c, new), dc
+
+        return f_state
+
+    def f(params, x, y, dparams=None, dx=None, key=None):
+        c, dc, _ = tangent_pass(net, loss, params, x, y, dparams, dx, key=key, train=train)
+        return c, dc
+
+    return f
+
+
+def hvp(
+    net: Layer, loss: Rule | str, *, has_state: bool = False, train: bool = True
+) -> Callable[..., tuple[Any, Any]]:
+    """``f(params, x, y, v, key=None) -> (∂C/∂params, H v)``, H = ∂²C/∂params².
+
+    Forward over reverse: ``jax.jvp`` of :func:`value_and_grad`'s gradient along ``v`` (a tree
+    like ``params``), so JAX differentiates the handwritten backward code itself; the pair is
+    what ``jax.jvp(jax.grad(C), (params,), (v,))`` gives. With state,
+    ``f(params, state, x, y, v, key=None)`` (the state is held fixed).
+    """
+    grad_fn = value_and_grad(net, loss, has_state=has_state, train=train)
+
+    if has_state:
+
+        def f_state(params, state, x, y, v, key=None):
+            prefix_errors("hvp: v", lambda: check_params(net, v, x.shape))
+            return jax.jvp(lambda p: grad_fn(p, state, x, y, key)[1], (params,), (v,))
+
+        return f_state
+
+    def f(params, x, y, v, key=None):
+        prefix_errors("hvp: v", lambda: check_params(net, v, x.shape))
+        return jax.jvp(lambda p: grad_fn(p, x, y, key)[1], (params,), (v,))
+
+    return f

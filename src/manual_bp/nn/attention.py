@@ -49,7 +49,12 @@ def LayerNorm(eps: float = 1e-5, *, name: str | None = None) -> Layer:
         dx, dgamma, dbeta = _norm.layer_norm.bwd(tape, dy, eps=eps)
         return {"gamma": dgamma, "beta": dbeta}, {}, dx
 
-    return Layer(name, "layer_norm", {"eps": eps}, init, forward, backward, same_shape)
+    def jvp(params, tape, dparams, dx):
+        del params
+        return _norm.layer_norm.jvp(tape, dx, dparams["gamma"], dparams["beta"], eps=eps)
+
+    config = {"eps": eps}
+    return Layer(name, "layer_norm", config, init, forward, backward, same_shape, jvp=jvp)
 
 
 def RMSNorm(eps: float = 1e-6, *, name: str | None = None) -> Layer:
@@ -68,7 +73,12 @@ def RMSNorm(eps: float = 1e-6, *, name: str | None = None) -> Layer:
         dx, dgamma = _norm.rms_norm.bwd(tape, dy, eps=eps)
         return {"gamma": dgamma}, {}, dx
 
-    return Layer(name, "rms_norm", {"eps": eps}, init, forward, backward, same_shape)
+    def jvp(params, tape, dparams, dx):
+        del params
+        return _norm.rms_norm.jvp(tape, dx, dparams["gamma"], eps=eps)
+
+    config = {"eps": eps}
+    return Layer(name, "rms_norm", config, init, forward, backward, same_shape, jvp=jvp)
 
 
 def Embedding(vocab: int, features: int, *, name: str | None = None) -> Layer:
@@ -93,11 +103,15 @@ def Embedding(vocab: int, features: int, *, name: str | None = None) -> Layer:
         dids, dtable = embedding.bwd(EmbeddingResiduals(tape, params["table"]), dy)
         return {"table": dtable}, {}, dids
 
+    def jvp(params, tape, dparams, dids):  # ids take no tangent
+        del dids
+        return embedding.jvp(EmbeddingResiduals(tape, params["table"]), None, dparams["table"])
+
     def output_shape(input_shape):
         return (*tuple(input_shape), features)
 
     config = {"vocab": vocab, "features": features}
-    return Layer(name, "embedding", config, init, forward, backward, output_shape)
+    return Layer(name, "embedding", config, init, forward, backward, output_shape, jvp=jvp)
 
 
 def PositionalEmbedding(max_len: int, *, name: str | None = None) -> Layer:
@@ -119,8 +133,12 @@ def PositionalEmbedding(max_len: int, *, name: str | None = None) -> Layer:
         dx, dtable = add_positions.bwd(tape, dy)
         return {"table": dtable}, {}, dx
 
+    def jvp(params, tape, dparams, dx):
+        del params
+        return add_positions.jvp(tape, dx, dparams["table"])
+
     config = {"max_len": max_len}
-    return Layer(name, "positional_embedding", config, init, forward, backward, same_shape)
+    return Layer(name, "positional_embedding", config, init, forward, backward, same_shape, jvp=jvp)
 
 
 def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None = None) -> Layer:
@@ -161,4 +179,12 @@ def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None 
         grads = {"wq": dwq, "wk": dwk, "wv": dwv, "wo": dwo, "bq": dbq, "bv": dbv, "bo": dbo}
         return grads, {}, dx
 
-    return Layer(name, "multi_head_attention", static, init, forward, backward, same_shape)
+    def jvp(params, tape, dparams, dx):  # b_k is 0 and takes no tangent; nor does the mask
+        del params
+        d = dparams
+        weights = [d[w] for w in _WEIGHTS]
+        biases = (d["bq"], jnp.zeros_like(d["bq"]), d["bv"], d["bo"])
+        return multi_head_attention.jvp(tape, dx, *weights, *biases, None, **static)
+
+    kind = "multi_head_attention"
+    return Layer(name, kind, static, init, forward, backward, same_shape, jvp=jvp)

@@ -114,6 +114,11 @@ def Conv2D(
         da, dw, db = _conv.conv2d.bwd(_conv.Conv2DResiduals(tape, params["w"]), dz, **static)
         return ({"w": dw, "b": db} if use_bias else {"w": dw}), {}, da
 
+    def jvp(params, tape, dparams, dx):  # dz = conv(dx, W) + conv(a, dW) + db
+        dw = dparams["w"]
+        db = dparams["b"] if use_bias else jnp.zeros((features,), dw.dtype)
+        return _conv.conv2d.jvp(_conv.Conv2DResiduals(tape, params["w"]), dx, dw, db, **static)
+
     def output_shape(input_shape):
         geometry = lambda s: _conv.conv_geometry(  # noqa: E731
             s, w_shape(s), static["strides"], static["padding"], static["dilation"]
@@ -121,7 +126,7 @@ def Conv2D(
         return (*_spatial_out("Conv2D", input_shape, geometry), features)
 
     config = {"features": features, "kernel_size": kernel_size, **static, "use_bias": use_bias}
-    return Layer(name, "conv2d", config, init, forward, backward, output_shape)
+    return Layer(name, "conv2d", config, init, forward, backward, output_shape, jvp=jvp)
 
 
 def _Pool(

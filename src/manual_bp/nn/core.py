@@ -9,6 +9,8 @@ Every layer is a :class:`Layer`, a NamedTuple of pure functions:
   gradients of its own parameters and ∂C/∂(input), which is the previous layer's delta.
   ``deltas`` maps the names of the layers *inside* it to ∂C/∂(their output).
 * ``output_shape(input_shape) -> shape``;
+* ``jvp(params, tape, dparams, dx) -> dy``: forward mode, the tangent of the output along
+  tangents of the parameters and the input (:mod:`manual_bp.nn.tangents`);
 * ``init_state(key, input_shape, dtype=float32) -> state`` and ``state_of(tape) -> state``:
   the layer's non-trained state (batch-norm running statistics), ``{}`` for most layers.
 
@@ -40,6 +42,7 @@ import jax.numpy as jnp
 from .._checks import prefix_errors, require_array, require_ndim
 from ..rules import Rule
 from ..rules.stochastic import require_key
+from .tangents import serial_jvp
 
 __all__ = [
     "Context",
@@ -166,7 +169,9 @@ class Layer(NamedTuple):
     """A layer: its description (``name``, ``kind``, ``config``, ``children``) and its functions.
 
     ``name`` is ``None`` until a combinator such as :func:`serial` names it, unless given.
-    ``init_state`` and ``state_of`` default to "no state" (``{}``).
+    ``init_state`` and ``state_of`` default to "no state" (``{}``); ``jvp`` (forward mode,
+    ``jvp(params, tape, dparams, dx) -> dy``, the transpose of ``backward``) to ``None``, a
+    layer without forward mode.
 
     A layer written from scratch fills the fields so: ``init(key, input_shape, dtype)``
     returns its parameters, a dict of float arrays (``{}`` for none); ``forward(params, x,
@@ -189,6 +194,7 @@ class Layer(NamedTuple):
     children: tuple[Layer, ...] = ()
     init_state: Callable[..., State] = _no_state
     state_of: Callable[[Tape], State] = _no_new_state
+    jvp: Callable[[Params, Tape, Params, Any], Any] | None = None
 
 
 def parameter_free(
@@ -209,7 +215,11 @@ def parameter_free(
         (dx,) = rule.bwd(tape, dy, **static)
         return {}, {}, dx
 
-    return Layer(name, kind, dict(static), init, forward, backward, output_shape)
+    def jvp(params, tape, dparams, dx):
+        return rule.jvp(tape, dx, **static)
+
+    layer = Layer(name, kind, dict(static), init, forward, backward, output_shape)
+    return layer if rule.jvp is None else layer._replace(jvp=jvp)
 
 
 def serial_backward(
@@ -295,6 +305,9 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     def backward(params, tape, dy):
         return serial_backward(named, params, tape, dy)
 
+    def jvp(params, tape, dparams, dx):
+        return serial_jvp(named, params, tape, dparams, dx)
+
     def output_shape(input_shape):
         shape = tuple(input_shape)
         for layer in named:
@@ -302,7 +315,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return shape
 
     return Layer(
-        name, "serial", {}, init, forward, backward, output_shape, named, init_state, state_of
+        name, "serial", {}, init, forward, backward, output_shape, named, init_state, state_of, jvp
     )
 
 
@@ -350,9 +363,11 @@ def residual(block: Layer, *, name: str | None = None) -> Layer:
         deltas[b] = dy
         return {b: grads}, deltas, dy + dx_block  # both paths into x
 
-    return Layer(
-        name, "residual", {}, init, forward, backward, same_shape, (block,), init_state, state_of
-    )
+    def jvp(params, tape, dparams, dx):
+        return dx + serial_jvp((block,), params, (tape,), dparams, dx)
+
+    fns = (init, forward, backward, same_shape, (block,), init_state, state_of, jvp)
+    return Layer(name, "residual", {}, *fns)
 
 
 def _describe(x: Any) -> str:

@@ -136,10 +136,14 @@ def Dense(
         da, dw, db = dense.bwd(DenseResiduals(tape, params["w"]), dz)
         return {"w": dw, "b": db}, {}, da
 
+    def jvp(params, tape, dparams, dx):  # dz = dx W + a dW + db
+        return dense.jvp(DenseResiduals(tape, params["w"]), dx, dparams["w"], dparams["b"])
+
     def output_shape(input_shape):
         return (*tuple(input_shape)[:-1], features)
 
-    return Layer(name, "dense", {"features": features}, init, forward, backward, output_shape)
+    config = {"features": features}
+    return Layer(name, "dense", config, init, forward, backward, output_shape, jvp=jvp)
 
 
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
@@ -173,6 +177,8 @@ def from_rule(
     ``init(key, input_shape, dtype) -> {name: array}``. The forward pass keeps the rule's
     residuals on the tape; the backward pass returns the rule's cotangents: the parameters'
     as ``grads`` (by name) and x's as ``dx``. A parameter-free rule needs neither.
+    Forward mode (``jvp``) is the rule's ``jvp``, with the parameters' tangents in their order;
+    a rule without one gives a layer without forward mode.
 
     ``kind`` (default: the rule's name) and ``config`` (the ``static`` keywords) describe the
     layer: :func:`~manual_bp.verify.check_network` compares it with a reference forward
@@ -236,4 +242,18 @@ def from_rule(
             raise TypeError(f"{op}: bwd returned None for the parameter(s) {missing}")
         return dict(zip(names, cts[1:], strict=True)), {}, cts[0]
 
-    return Layer(name, kind, dict(static), init_params, forward, backward, shape_of)
+    def jvp(params, tape, dparams, dx):
+        del params
+        return rule.jvp(tape, dx, *(dparams[n] for n in names), **static)
+
+    has_jvp = rule.jvp is not None
+    return Layer(
+        name,
+        kind,
+        dict(static),
+        init_params,
+        forward,
+        backward,
+        shape_of,
+        jvp=jvp if has_jvp else None,
+    )

@@ -100,6 +100,13 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
             dx, _, _, dgamma, dbeta = _norm.batch_norm_inference.bwd(tape["eval"], dy, eps=eps)
         return {"gamma": dgamma, "beta": dbeta}, {}, dx
 
+    def jvp(params, tape, dparams, dx):  # the running statistics are state: no tangent
+        del params
+        dgamma, dbeta = dparams["gamma"], dparams["beta"]
+        if "train" in tape:
+            return _norm.batch_norm.jvp(tape["train"], dx, dgamma, dbeta, eps=eps)
+        return _norm.batch_norm_inference.jvp(tape["eval"], dx, None, None, dgamma, dbeta, eps=eps)
+
     def state_of(tape):
         return tape["state"]
 
@@ -115,6 +122,7 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
         (),
         init_state,
         state_of,
+        jvp,
     )
 
 
@@ -149,4 +157,11 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         dx, _ = _dropout.dropout.bwd(_dropout.DropoutResiduals(tape["scale"]), dy, rate=rate)
         return {}, {}, dx
 
-    return Layer(name, "dropout", {"rate": rate}, init, forward, backward, same_shape)
+    def jvp(params, tape, dparams, dx):
+        del params, dparams
+        if "scale" not in tape:
+            return dx
+        return _dropout.dropout.jvp(_dropout.DropoutResiduals(tape["scale"]), dx, None, rate=rate)
+
+    config = {"rate": rate}
+    return Layer(name, "dropout", config, init, forward, backward, same_shape, jvp=jvp)

@@ -62,10 +62,18 @@ def _recurrent(kind: str, hidden: int, name: str | None, w_init: Callable[..., A
         grads.update({s: jnp.sum(d, axis=0) for s, d in zip(states, d_states, strict=True)})
         return grads, {}, dx
 
+    def jvp(params, tape, dparams, dx):  # the initial states' tangents repeated over the batch
+        del params
+        batch = (dx.shape[0], hidden)
+        d_initial = [jnp.broadcast_to(jnp.reshape(dparams[s], (1, hidden)), batch) for s in states]
+        d_weights = (dparams["w_x"], dparams["w_h"], *(dparams[b] for b in biases))
+        return rule.jvp(tape, dx, *d_initial, *d_weights)
+
     def output_shape(input_shape):
         return (*tuple(input_shape)[:-1], hidden)
 
-    return Layer(name, kind, {"hidden": hidden}, init, forward, backward, output_shape)
+    config = {"hidden": hidden}
+    return Layer(name, kind, config, init, forward, backward, output_shape, jvp=jvp)
 
 
 def RNN(hidden: int, *, w_init: Callable[..., Any] | None = None, name: str | None = None) -> Layer:
