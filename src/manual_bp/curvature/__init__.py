@@ -1,0 +1,20 @@
+"""Curvature from the handwritten backward pass: BackPACK's second-order quantities and K-FAC.
+
+* :mod:`~manual_bp.curvature.factors` — each loss's Hessian factor S (H = S Sᵀ) with respect
+  to the network's output, exact and Monte-Carlo;
+* :mod:`~manual_bp.curvature.columns` — the columns of S pushed through the backward pass;
+* :mod:`~manual_bp.curvature.ggn` — the diagonal of the generalized Gauss–Newton matrix, for
+  every layer kind, and Dense's cheap route.
+"""
+
+from .factors import FACTOR_LOSSES, hessian_factor, loss_hessian, mc_hessian_factor
+from .ggn import dense_diag_ggn, diag_ggn
+
+__all__ = [
+    "FACTOR_LOSSES",
+    "dense_diag_ggn",
+    "diag_ggn",
+    "hessian_factor",
+    "loss_hessian",
+    "mc_hessian_factor",
+]
