@@ -165,7 +165,9 @@ def _fresh_start(run: Run) -> Start:
     """Parameters and network state (batch-norm statistics) drawn from ``--seed``."""
     init_key, shuffle_key = jax.random.split(jax.random.key(run.settings.seed))
     batch_shape = (run.settings.batch_size, *run.data.x_train.shape[1:])
-    params = run.net.init(init_key, batch_shape, jnp.float32)
+    # One compiled program draws every initial weight (eagerly, each random op of each layer
+    # would be compiled on its own); the values are the same random draws.
+    params = jax.jit(run.net.init, static_argnums=(1, 2))(init_key, batch_shape, jnp.float32)
     state = run.net.init_state(init_key, batch_shape, jnp.float32)
     return Start(params, None, state, 0, shuffle_key, [])
 
