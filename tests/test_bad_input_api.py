@@ -1786,6 +1786,35 @@ BAD = [
         TypeError,
         r"as_custom_vjp\('tanh'\): primal 0 must be an array or a number, got str",
     ),
+    (
+        "as_primitive unknown",
+        "as_primitive",
+        lambda t: manual_bp.as_primitive("nope"),
+        ValueError,
+        r"as_primitive: unknown rule 'nope'; registered rules: ",
+    ),
+    (
+        "as_primitive no jvp",
+        "as_primitive",
+        lambda t: manual_bp.as_primitive(SCALE),
+        TypeError,
+        r"as_primitive\('scale'\): the rule has no jvp, so it has no forward mode; .*"
+        r"use manual_bp\.as_custom_vjp",
+    ),
+    (
+        "as_primitive unhashable static",
+        "as_primitive",
+        lambda t: manual_bp.as_primitive("softmax", axis=[0]),
+        TypeError,
+        r"as_primitive\('softmax'\): static keywords must be hashable",
+    ),
+    (
+        "as_primitive str primal",
+        "as_primitive",
+        lambda t: manual_bp.as_primitive("tanh")("x"),
+        TypeError,
+        r"as_primitive\('tanh'\): primal 0 must be an array or a number, got str",
+    ),
 ]
 
 
