@@ -4,6 +4,11 @@
 written in plain JAX can call ``dense``, ``tanh`` or ``softmax_cross_entropy`` and still be
 differentiated with ``jax.grad`` / ``jax.vjp`` — the gradient then comes from the rule's
 ``bwd``, not from JAX's own derivative of ``fwd``.
+
+It is reverse mode only: ``jax.custom_vjp`` forbids ``jax.jvp``, ``jax.jacfwd`` and
+``jax.linearize`` of the function itself. For forward mode, and for rules run as JAX
+primitives under every transformation, use :func:`manual_bp.as_primitive`
+(:mod:`manual_bp.primitive`), which takes a rule with a ``jvp``.
 """
 
 from __future__ import annotations
@@ -127,8 +132,9 @@ def as_custom_vjp(rule: Rule | str, **static: Any) -> Callable[..., Any]:
       so does forward-over-reverse (``jax.jvp`` of ``jax.grad(loss)``, ``jax.hessian``),
       because the inner reverse pass has already replaced ``f`` by ``fwd`` and ``bwd``.
     * Forward mode applied to ``f`` itself (``jax.jvp(f, ...)``, ``jax.jacfwd(f)``) is not
-      supported by ``jax.custom_vjp`` and raises ``TypeError``; take derivatives in reverse
-      mode, or use the reverse-over-reverse form above for second order.
+      supported by ``jax.custom_vjp`` and raises ``TypeError``: this adapter is reverse-only.
+      For forward mode use :func:`manual_bp.as_primitive` (a rule with a ``jvp``); here, take
+      derivatives in reverse mode, or the reverse-over-reverse form above for second order.
 
     Example::
 
