@@ -30,6 +30,7 @@ from manual_bp import (
     Rule,
     adapter,
     credit,
+    curvature,
     data,
     nn,
     parallel,
@@ -1815,6 +1816,79 @@ BAD = [
         TypeError,
         r"as_primitive\('tanh'\): primal 0 must be an array or a number, got str",
     ),
+    # --- manual_bp.curvature: loss factors, diagonal GGN, Kronecker factors, K-FAC ---
+    (
+        "hessian_factor loss",
+        "hessian_factor",
+        lambda t: curvature.hessian_factor("tanh", z(2, 3), z(2, 3)),
+        ValueError,
+        r"hessian_factor: no Hessian factor for the loss 'tanh'; supported: ",
+    ),
+    (
+        "hessian_factor rank",
+        "hessian_factor",
+        lambda t: curvature.hessian_factor("mse", z(2), z(2)),
+        ValueError,
+        r"hessian_factor: out must have rank",
+    ),
+    (
+        "mc_hessian_factor samples",
+        "mc_hessian_factor",
+        lambda t: curvature.mc_hessian_factor("mse", z(2, 3), z(2, 3), KEY, 0),
+        ValueError,
+        r"mc_hessian_factor: samples must be a positive int",
+    ),
+    (
+        "loss_hessian rank",
+        "loss_hessian",
+        lambda t: curvature.loss_hessian(z(2, 3)),
+        ValueError,
+        r"loss_hessian: factor must have rank",
+    ),
+    (
+        "diag_ggn net",
+        "diag_ggn",
+        lambda t: curvature.diag_ggn("mlp", "mse"),
+        TypeError,
+        r"diag_ggn: expected a manual_bp.nn.Layer as the network, got 'mlp'",
+    ),
+    (
+        "diag_ggn params shape",
+        "diag_ggn",
+        lambda t: curvature.diag_ggn(nn.mlp([3], 2), "mse")(
+            nn.mlp([3], 2).init(KEY, (2, 4)), z(2, 5), z(2, 2)
+        ),
+        ValueError,
+        r"params\['dense_0'\]\['w'\]: expected shape \(5, 3\)",
+    ),
+    (
+        "dense_diag_ggn batch norm",
+        "dense_diag_ggn",
+        lambda t: curvature.dense_diag_ggn(nn.serial(nn.Dense(2), nn.BatchNorm()), "mse"),
+        ValueError,
+        r"dense_diag_ggn: the network .* keeps batch statistics",
+    ),
+    (
+        "kfac_factors kind",
+        "kfac_factors",
+        lambda t: curvature.kfac_factors(nn.mlp([3], 2), "mse", kind="kfra"),
+        ValueError,
+        r"kfac_factors: kind must be one of \('kfac', 'kflr'\), got 'kfra'",
+    ),
+    (
+        "conv_patches groups",
+        "conv_patches",
+        lambda t: curvature.conv_patches(nn.Conv2D(2, (1, 1), groups=2, name="g"), z(1, 2, 2, 2)),
+        ValueError,
+        r"conv_patches: layer 'g' has groups=2",
+    ),
+    (
+        "kfac damping",
+        "kfac",
+        lambda t: curvature.kfac(nn.mlp([3], 2), "mse", damping=-1.0),
+        ValueError,
+        r"kfac: damping must be > 0, got -1.0",
+    ),
 ]
 
 
@@ -1900,6 +1974,8 @@ NOT_CALLED_WITH_DATA = {
     "Tolerance": "a NamedTuple of two numbers (a row of the tolerance table)",
     "Row": "a dataclass of one audit-table row (checked by rules_of and check_case)",
     "Case": "a NamedTuple of one table case (made by cases, checked by check)",
+    "Kronecker": "a NamedTuple of two factor matrices (a result type of kfac_factors)",
+    "KfacState": "a NamedTuple (the state kfac's init builds)",
 }
 
 
@@ -1919,6 +1995,7 @@ def test_every_public_callable_has_a_row():
         for module in (
             *(manual_bp, nn, data, train, checkpoint, credit, per_example),
             *(parallel, audit, report, guard, verify, adapter, survey, testing),
+            curvature,
         )
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)

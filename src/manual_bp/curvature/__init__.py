@@ -6,22 +6,26 @@
 * :mod:`~manual_bp.curvature.ggn` — the diagonal of the generalized Gauss–Newton matrix, for
   every layer kind, and Dense's cheap route;
 * :mod:`~manual_bp.curvature.kfac` — KFAC and KFLR Kronecker factors of Dense and Conv2D
-  layers, KFAC-expand and KFAC-reduce for layers shared over positions.
+  layers, KFAC-expand and KFAC-reduce for layers shared over positions;
+* :mod:`~manual_bp.curvature.optim` — the K-FAC preconditioner as an optax transformation.
 """
 
 from .factors import FACTOR_LOSSES, hessian_factor, loss_hessian, mc_hessian_factor
 from .ggn import dense_diag_ggn, diag_ggn
 from .kfac import KFAC_KINDS, SETTINGS, Kronecker, conv_patches, kfac_factors
+from .optim import KfacState, kfac
 
 __all__ = [
     "FACTOR_LOSSES",
     "KFAC_KINDS",
     "SETTINGS",
+    "KfacState",
     "Kronecker",
     "conv_patches",
     "dense_diag_ggn",
     "diag_ggn",
     "hessian_factor",
+    "kfac",
     "kfac_factors",
     "loss_hessian",
     "mc_hessian_factor",
