@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import require_positive_int
-from ..rules import add_positions, embedding, multi_head_attention
+from ..rules import add_positions, embedding, flash_attention, multi_head_attention
 from ..rules import normalization as _norm
 from ..rules.lookup import EmbeddingResiduals
 from .core import Layer, same_shape
@@ -141,7 +141,13 @@ def PositionalEmbedding(max_len: int, *, name: str | None = None) -> Layer:
     return Layer(name, "positional_embedding", config, init, forward, backward, same_shape, jvp=jvp)
 
 
-def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None = None) -> Layer:
+def MultiHeadAttention(
+    num_heads: int,
+    *,
+    causal: bool = True,
+    block_size: int | None = None,
+    name: str | None = None,
+) -> Layer:
     """Self-attention over x (N, T, D) with ``num_heads`` heads of D / num_heads features.
 
     ``params``: ``wq, wk, wv, wo`` (D, D) (LeCun normal) and ``bq, bv, bo`` (D,) (zero). There
@@ -150,11 +156,18 @@ def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None 
     called with b_k = 0).
     With ``causal`` (the default) time step t attends to steps s <= t. The layer has no
     padding mask; the rule :func:`manual_bp.rules.multi_head_attention` takes one.
+    With ``block_size`` the layer runs the blockwise rule
+    :func:`manual_bp.rules.flash_attention` over blocks of that many keys: the same function,
+    with a tape linear in T instead of the T×T probabilities.
     """
     num_heads = require_positive_int("MultiHeadAttention", "num_heads", num_heads)
     if not isinstance(causal, bool):
         raise TypeError(f"MultiHeadAttention: causal must be a bool, got {causal!r}")
     static = {"num_heads": num_heads, "causal": causal}
+    rule = multi_head_attention
+    if block_size is not None:
+        static["block_size"] = require_positive_int("MultiHeadAttention", "block_size", block_size)
+        rule = flash_attention
     w_init = jax.nn.initializers.lecun_normal()
 
     def init(key, input_shape, dtype=jnp.float32):
@@ -171,11 +184,11 @@ def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None 
         bk = jnp.zeros_like(p["bq"])
         weights = [p[w] for w in _WEIGHTS]
         biases = (p["bq"], bk, p["bv"], p["bo"])
-        return multi_head_attention.fwd(x, *weights, *biases, None, **static)
+        return rule.fwd(x, *weights, *biases, None, **static)
 
     def backward(params, tape, dy):
         del params
-        dx, dwq, dwk, dwv, dwo, dbq, _, dbv, dbo, _ = multi_head_attention.bwd(tape, dy, **static)
+        dx, dwq, dwk, dwv, dwo, dbq, _, dbv, dbo, _ = rule.bwd(tape, dy, **static)
         grads = {"wq": dwq, "wk": dwk, "wv": dwv, "wo": dwo, "bq": dbq, "bv": dbv, "bo": dbo}
         return grads, {}, dx
 
@@ -184,7 +197,7 @@ def MultiHeadAttention(num_heads: int, *, causal: bool = True, name: str | None 
         d = dparams
         weights = [d[w] for w in _WEIGHTS]
         biases = (d["bq"], jnp.zeros_like(d["bq"]), d["bv"], d["bo"])
-        return multi_head_attention.jvp(tape, dx, *weights, *biases, None, **static)
+        return rule.jvp(tape, dx, *weights, *biases, None, **static)
 
     kind = "multi_head_attention"
     return Layer(name, kind, static, init, forward, backward, same_shape, jvp=jvp)

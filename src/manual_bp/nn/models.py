@@ -119,6 +119,7 @@ def TransformerLM(
     num_heads: int = 2,
     num_blocks: int = 2,
     mlp_ratio: int = 2,
+    block_size: int | None = None,
     name: str | None = None,
 ) -> Layer:
     """A pre-LayerNorm causal language model: ids (N, T) -> logits (N, T, vocab).
@@ -127,7 +128,9 @@ def TransformerLM(
     ``mlp_i`` = x + Dense(Gelu(Dense(LN(x))))] → ``final_norm`` → ``head`` (Dense(vocab)).
     Inside block i the deltas are named ``attn_i/block/norm``, ``attn_i/block/mha``,
     ``mlp_i/block/up`` and so on.
-    Pair it with ``softmax_cross_entropy`` on integer targets (N, T).
+    Pair it with ``softmax_cross_entropy`` on integer targets (N, T). With ``block_size`` the
+    attention is the blockwise rule over blocks of that many keys (see
+    :func:`~manual_bp.nn.MultiHeadAttention`): the same network, a tape linear in T.
     """
     require_positive_int("TransformerLM", "num_blocks", num_blocks)
     hidden = require_positive_int("TransformerLM", "mlp_ratio", mlp_ratio) * features
@@ -135,7 +138,7 @@ def TransformerLM(
     for i in range(num_blocks):
         attn = serial(
             LayerNorm(name="norm"),
-            MultiHeadAttention(num_heads, causal=True, name="mha"),
+            MultiHeadAttention(num_heads, causal=True, block_size=block_size, name="mha"),
             name="block",
         )
         mlp = serial(

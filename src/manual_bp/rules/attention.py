@@ -59,29 +59,32 @@ class AttentionResiduals(NamedTuple):
     wo: Any
 
 
-def check_attention(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal) -> tuple[int, ...]:
+def check_attention(
+    x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal, op=_OP
+) -> tuple[int, ...]:
+    """The inputs' dtypes and shapes, named in errors by ``op``; returns (N, T, D, H, E)."""
     arrays = {"x": x, "wq": wq, "wk": wk, "wv": wv, "wo": wo, "bq": bq, "bk": bk, "bv": bv}
     arrays["bo"] = bo
     for arg, a in arrays.items():
-        require_float(_OP, arg, a)
-    require_same_dtype(_OP, **arrays)
-    require_ndim(_OP, "x (N, T, D)", x, exactly=3)
+        require_float(op, arg, a)
+    require_same_dtype(op, **arrays)
+    require_ndim(op, "x (N, T, D)", x, exactly=3)
     n, t, d = x.shape
     for arg in ("wq", "wk", "wv", "wo"):
-        require_shape(_OP, f"{arg} (D, D)", arrays[arg], (d, d))
+        require_shape(op, f"{arg} (D, D)", arrays[arg], (d, d))
     for arg in ("bq", "bk", "bv", "bo"):
-        require_shape(_OP, f"{arg} (D,)", arrays[arg], (d,))
+        require_shape(op, f"{arg} (D,)", arrays[arg], (d,))
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"{_OP}: num_heads must be a positive int, got {num_heads!r}")
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
     if d % num_heads:
-        raise ValueError(f"{_OP}: num_heads={num_heads} must divide the features D={d}")
+        raise ValueError(f"{op}: num_heads={num_heads} must divide the features D={d}")
     if not isinstance(causal, bool):
-        raise TypeError(f"{_OP}: causal must be a bool, got {type(causal).__name__}")
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
     if mask is not None:
-        require_array(_OP, "mask", mask)
+        require_array(op, "mask", mask)
         if mask.dtype != jnp.bool_:
-            raise TypeError(f"{_OP}: mask must be a boolean array (True = keep), got {mask.dtype}")
-        require_shape(_OP, "mask (N, T)", mask, (n, t))
+            raise TypeError(f"{op}: mask must be a boolean array (True = keep), got {mask.dtype}")
+        require_shape(op, "mask (N, T)", mask, (n, t))
     return n, t, d, num_heads, d // num_heads
 
 

@@ -125,7 +125,7 @@ def _flash_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=Fal
 
     The residuals are :class:`FlashAttentionResiduals` (no T×T array).
     """
-    n, t, d, h, e = check_attention(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal)
+    n, t, d, h, e = check_attention(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, num_heads, causal, _OP)
     b = _block(block_size, t)
     tp = -(-t // b) * b
     dtype = x.dtype
