@@ -1889,6 +1889,13 @@ BAD = [
         ValueError,
         r"kfac: damping must be > 0, got -1.0",
     ),
+    (
+        "ggn_vector_product net",
+        "ggn_vector_product",
+        lambda t: curvature.ggn_vector_product(None, "mse"),
+        TypeError,
+        r"ggn_vector_product: expected a manual_bp.nn.Layer as the network, got None",
+    ),
 ]
 
 

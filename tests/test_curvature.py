@@ -210,12 +210,31 @@ def test_diag_ggn_errors_name_the_op_and_shapes():
         f(params, jnp.zeros((3, 5), F64), y)
     with pytest.raises(ValueError, match=r"integer labels must have shape \(3,\), got \(4,\)"):
         f(params, x, jnp.zeros((4,), jnp.int32))
-    with pytest.raises(ValueError, match="diag_ggn: the Monte-Carlo estimate .* needs a key"):
+    with pytest.raises(ValueError, match=r"diag_ggn: the Monte-Carlo estimate .* needs a key"):
         curvature.diag_ggn(net, loss, mc_samples=2)(params, x, y)
     with pytest.raises(ValueError, match="diag_ggn: mc_samples must be a positive int"):
         curvature.diag_ggn(net, loss, mc_samples=0)
     bn, _, p_bn, x_bn, y_bn, _ = _problem("batch_norm")
-    with pytest.raises(ValueError, match="diag_ggn: the network .* keeps state .* pass state="):
+    with pytest.raises(ValueError, match=r"diag_ggn: the network .* keeps state .* pass state="):
         curvature.diag_ggn(bn, "mse")(p_bn, x_bn, y_bn)
-    with pytest.raises(ValueError, match="dense_diag_ggn: the network .* keeps batch statistics"):
+    with pytest.raises(ValueError, match=r"dense_diag_ggn: the network .* keeps batch statistics"):
         curvature.dense_diag_ggn(bn, "mse")
+
+
+@pytest.mark.parametrize("name", ["conv_pool", "attention"])
+def test_ggn_vector_product_equals_the_reference(name):
+    """G v against Jᵀ H J v from jax.jacobian of the reference network and jax.hessian of the
+    reference loss, for a random direction v."""
+    net, loss, params, x, y, _state = _problem(name)
+    rng = rng_for("ggn vp", name)
+    v = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), F64), params)
+    fwd = lambda p: reference.forward(net, p, x, train=True)  # noqa: E731
+    out = fwd(params)
+    _, jv = jax.jvp(fwd, (params,), (v,))
+    hess = jax.hessian(lambda o: reference.FORWARD[loss](o, y))(out)
+    hjv = jnp.tensordot(hess, jv, axes=out.ndim)
+    _, vjp = jax.vjp(fwd, params)
+    (expected,) = vjp(hjv)
+    got = jax.jit(curvature.ggn_vector_product(net, loss))(params, x, y, v)
+    floor = max(float(jnp.max(jnp.abs(e))) for e in jax.tree.leaves(expected))
+    assert_trees_close(got, expected, F64, f"{name}: G v", kind="network", scale_floor=floor)

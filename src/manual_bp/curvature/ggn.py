@@ -38,7 +38,7 @@ from ..nn import Context, Layer, has_state
 from ..rules import Rule, get_rule
 from .columns import delta_of, example_columns, leaves, position_columns, run_forward
 
-__all__ = ["dense_diag_ggn", "diag_ggn"]
+__all__ = ["dense_diag_ggn", "diag_ggn", "ggn_vector_product"]
 
 
 def _settings(op: str, net: Layer, loss: Rule | str, mc_samples: Any, train: Any) -> Rule:
@@ -129,5 +129,26 @@ def dense_diag_ggn(
         if not out:
             raise ValueError(f"{op}: the network {net.name or net.kind!r} has no Dense layer")
         return out
+
+    return f
+
+
+def ggn_vector_product(net: Layer, loss: Rule | str, *, train: bool = True) -> Callable[..., Any]:
+    """``f(params, x, y, v, state=None) -> G v``, v and G v shaped like ``params``: the exact
+    GGN of the batch loss applied to a direction, G v = Jᵀ (S Sᵀ) (J v), with J v the transpose
+    of the handwritten (linear) backward pass (``jax.linear_transpose``), S the loss's Hessian
+    factor and Jᵀ the backward pass again. Cost: about two backward passes plus O(N L K²)."""
+    op = "ggn_vector_product"
+    loss = _settings(op, net, loss, None, train)
+
+    def f(params, x, y, v, state=None):
+        run = run_forward(op, net, loss, params, x, y, state=state, train=train)
+
+        def backward(dy):
+            return net.backward(params, run.tape, dy)[0]
+
+        (jv,) = jax.linear_transpose(backward, run.out)(v)
+        hjv = jnp.einsum("...kc,...jc,...j->...k", run.factor, run.factor, jv)
+        return backward(hjv)
 
     return f
