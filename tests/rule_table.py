@@ -1,5 +1,5 @@
 """The audit table the tests are driven by (it lives in the package, for ``manual-bp verify``),
-and the one jitted evaluation of a row that the rule tests share.
+and the one jitted evaluation of a row that the rule tests share: backward and forward mode.
 
 :func:`evaluator` is cached per row, so every test that evaluates a row at a given shape and
 dtype (the table's cases in every input domain, the finite differences, the eager comparison,
@@ -17,6 +17,7 @@ import numpy as np
 import reference
 from _compare import rng_for
 from manual_bp import RULES
+from manual_bp.verify.oracles import tangents_for
 from manual_bp.verify.table import ALL_DTYPES, BF16, F32, F64, ROWS, Row
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "F32",
     "F64",
     "ROWS",
+    "TANGENTS",
     "Results",
     "Row",
     "evaluator",
@@ -40,6 +42,11 @@ class Results(NamedTuple):
     ``out``: the rule's forward; ``cts``: its ``bwd``, one entry per primal (None for a
     non-differentiable one); ``own_out``/``own_cts``: ``jax.vjp`` of the rule's own forward,
     one entry per differentiable primal; ``ref_out``/``ref_cts``: the same of the reference.
+
+    Forward mode, along :data:`TANGENTS` seeded random tangents (``None`` for a rule without
+    a ``jvp``): ``tangents``, one stacked (K, *shape) array per differentiable primal;
+    ``jvp``: the rule's ``jvp`` along each, (K, *out); ``own_jvp``/``ref_jvp``: ``jax.jvp`` of
+    the rule's own forward and of the reference.
     """
 
     out: Any
@@ -48,6 +55,14 @@ class Results(NamedTuple):
     own_cts: tuple
     ref_out: Any
     ref_cts: tuple
+    tangents: tuple | None = None
+    jvp: Any = None
+    own_jvp: Any = None
+    ref_jvp: Any = None
+
+
+TANGENTS = 2
+"""How many random tangents each evaluation runs the forward mode along (vmapped)."""
 
 
 def primals_for(row: Row, dtype, shape, domain: str, *key) -> tuple:
@@ -78,8 +93,8 @@ def with_diff(row: Row, primals, diff) -> tuple:
 
 @functools.cache
 def evaluator(row: Row):
-    """Jitted ``(primals, ct) -> Results``: the rule's fwd and bwd, and ``jax.vjp`` of its own
-    fwd and of the reference forward."""
+    """Jitted ``(primals, ct) -> Results``: the rule's fwd, bwd and jvp, and ``jax.vjp`` and
+    ``jax.jvp`` of its own fwd and of the reference forward."""
     rule, ref = RULES[row.rule], reference.FORWARD[row.rule]
 
     def vjp_of(fn, primals, ct):
@@ -89,11 +104,41 @@ def evaluator(row: Row):
         )
         return out, vjp(ct)
 
+    def jvps_of(fn, primals, tangents):
+        at = tuple(primals[i] for i in row.diff)
+
+        def f(*diff):
+            return fn(*with_diff(row, primals, diff), **row.static)
+
+        return jax.vmap(lambda *ts: jax.jvp(f, at, ts)[1])(*tangents)
+
+    def handwritten_jvps(res, n, tangents):
+        def one(*ts):
+            padded = [None] * n
+            for i, t in zip(row.diff, ts, strict=True):
+                padded[i] = t
+            return rule.jvp(res, *padded, **row.static)
+
+        return jax.vmap(one)(*tangents)
+
     @jax.jit
     def run(primals, ct):
         out, res = rule.fwd(*primals, **row.static)
         cts = rule.bwd(res, ct, **row.static)
-        own = vjp_of(lambda *a, **k: rule.fwd(*a, **k)[0], primals, ct)
-        return Results(out, cts, *own, *vjp_of(ref, primals, ct))
+
+        def own_fwd(*a, **k):
+            return rule.fwd(*a, **k)[0]
+
+        own = vjp_of(own_fwd, primals, ct)
+        results = Results(out, cts, *own, *vjp_of(ref, primals, ct))
+        if rule.jvp is None:
+            return results
+        tangents = tangents_for(primals, row.diff, TANGENTS, 0)
+        return results._replace(
+            tangents=tangents,
+            jvp=handwritten_jvps(res, len(primals), tangents),
+            own_jvp=jvps_of(own_fwd, primals, tangents),
+            ref_jvp=jvps_of(ref, primals, tangents),
+        )
 
     return run

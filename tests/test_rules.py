@@ -6,6 +6,13 @@ For each case:
 * in float64, central finite differences agree (``jax.test_util.check_vjp``);
 * outputs and cotangents keep the primals' dtypes and shapes; non-differentiable primals get None;
 * everything above runs under ``jax.jit``; eager calls agree with it.
+
+In forward mode, along seeded random tangents t (in the same jitted evaluation of the row):
+* ``jvp`` equals ``jax.jvp`` of the rule's own ``fwd`` and of the reference forward;
+* the adjoint identity ⟨jvp(t), c⟩ = ⟨t, bwd(c)⟩ holds (the two handwritten halves against
+  each other, no autodiff involved);
+* in float64, central differences of ``fwd`` along t agree (kink-aware).
+A rule without a ``jvp`` (reverse-only) skips these.
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ import pytest
 
 from _compare import as_f64, assert_close, random_cotangent, rng_for
 from manual_bp import RULES
+from manual_bp.verify import tolerance_for
+from manual_bp.verify.forward_mode import adjoint_comparison, jvp_floor
+from manual_bp.verify.oracles import finite_difference_comparison
 from rule_table import (
     BF16,
     F32,
     F64,
     ROWS,
+    TANGENTS,
     evaluator,
     out_struct,
     primals_for,
@@ -47,7 +58,7 @@ def _cotangent(row, primals, shape, domain):
 def test_bwd_matches_vjp_and_reference(row, dtype, shape, domain):
     primals = primals_for(row, dtype, shape, domain)
     ct = _cotangent(row, primals, shape, domain)
-    out, cts, own_out, own_cts, ref_out, ref_cts = evaluator(row)(primals, ct)
+    out, cts, own_out, own_cts, ref_out, ref_cts = evaluator(row)(primals, ct)[:6]
     g = float(np.max(np.abs(as_f64(ct))))
     assert out.dtype == dtype, f"{row.id}: output dtype {out.dtype}, expected {np.dtype(dtype)}"
 
@@ -84,6 +95,35 @@ def test_bwd_matches_vjp_and_reference(row, dtype, shape, domain):
         )
 
 
+def _stacked(x):
+    return None if x is None else jnp.broadcast_to(x, (TANGENTS, *x.shape))
+
+
+@pytest.mark.parametrize(("row", "dtype", "shape", "domain"), CASES)
+def test_jvp_matches_jvp_reference_and_bwd(row, dtype, shape, domain):
+    """The jvp against ``jax.jvp`` of the rule's own fwd and of the reference, and against its
+    own bwd through the adjoint identity (the same jitted evaluation as the test above)."""
+    if RULES[row.rule].jvp is None:
+        pytest.skip(f"{row.rule} has no jvp (reverse-only)")
+    primals = primals_for(row, dtype, shape, domain)
+    ct = _cotangent(row, primals, shape, domain)
+    r = evaluator(row)(primals, ct)
+    assert r.jvp.shape == (TANGENTS, *r.out.shape) and r.jvp.dtype == r.out.dtype, (
+        f"{row.id}: jvp is {r.jvp.shape} {r.jvp.dtype}, expected {(TANGENTS, *r.out.shape)} "
+        f"{r.out.dtype}"
+    )
+    if domain in ("extreme", "masked"):
+        assert np.all(np.isfinite(as_f64(r.jvp))), f"{row.id}: non-finite jvp in {domain} domain"
+    tol = tolerance_for(dtype)
+    t = jvp_floor(r.tangents, r.own_jvp, r.ref_jvp, tol)
+    assert_close(r.jvp, r.own_jvp, dtype, f"{row.id} jvp vs jax.jvp(fwd)", scale_floor=t)
+    assert_close(r.jvp, r.ref_jvp, dtype, f"{row.id} jvp vs jax.jvp(reference)", scale_floor=t)
+    bwd = [_stacked(r.cts[i]) for i in row.diff]
+    g = [float(np.max(np.abs(as_f64(ct))))] * len(row.diff)
+    adjoint = adjoint_comparison(r.jvp, _stacked(ct), r.tangents, bwd, dtype, tol, 0.0, t, g)
+    assert adjoint.ok, f"{row.id}: adjoint identity ⟨jvp(t), c⟩ = ⟨t, bwd(c)⟩ fails: {adjoint}"
+
+
 FD_CASES = [
     pytest.param(row, shape, id=f"{row.id}-{shape}") for row in ROWS for shape in row.shapes
 ]
@@ -113,6 +153,30 @@ def test_finite_differences_float64(row, shape):
         eps=1e-5,
         err_msg=row.id,
     )
+
+
+@pytest.mark.parametrize(("row", "shape"), FD_CASES)
+def test_jvp_finite_differences_float64(row, shape):
+    """Central differences of fwd along each tangent, (f(x + h t) − f(x − h t)) / 2h, against
+    the jvp, kink-aware (the row's jitted float64 program evaluates every point)."""
+    if RULES[row.rule].jvp is None:
+        pytest.skip(f"{row.rule} has no jvp (reverse-only)")
+    primals = primals_for(row, F64, shape, "normal")
+    run = evaluator(row)
+    zero = jnp.zeros(out_struct(row, primals).shape, F64)
+    r = run(primals, zero)
+    at = [primals[i] for i in row.diff]
+    h = 1e-6 * max(1.0, *(float(np.max(np.abs(as_f64(x)))) for x in at))
+    for k in range(TANGENTS):
+
+        def out_at(sign, k=k):
+            moved = tuple(x + sign * h * t[k] for x, t in zip(at, r.tangents, strict=True))
+            return as_f64(run(with_diff(row, primals, moved), zero).out)
+
+        plus, minus, mid = out_at(1.0), out_at(-1.0), as_f64(r.out)
+        raw = (as_f64(r.jvp[k]), (plus - minus) / (2 * h), (mid - minus) / h, (plus - mid) / h)
+        comp, _ = finite_difference_comparison(raw, "output", F64, 0.0)
+        assert comp.ok, f"{row.id}: jvp along tangent {k} vs finite differences: {comp}"
 
 
 EAGER_CASES = [pytest.param(row, id=row.id) for row in ROWS]

@@ -13,6 +13,7 @@ import reference
 from manual_bp import RULES, Rule, nn
 from manual_bp.verify import assert_rule_correct, check_network, check_rule
 from manual_bp.verify.audit import NETWORKS
+from manual_bp.verify.forward_mode import ADJOINT
 from user_rules import RULES as USER_RULES  # tests/user_rules: a package of a user's rules
 from user_rules import prelu_bwd, prelu_fwd
 
@@ -640,3 +641,86 @@ def test_a_parameter_gradient_of_the_wrong_shape_is_named_with_its_pattern():
         "layer 'prelu_1', parameter 'alpha': missing sum over broadcast axes (0,): got shape "
         "(8, 5), expected (5,); sum the cotangent over the axes the forward broadcast"
     ]
+
+
+# ---- forward mode: the jvp against autodiff, finite differences and its own bwd ----
+
+TANH = RULES["tanh"]
+FORWARD_CHECKS = {"jax.jvp(fwd)", "finite differences along t (f64)", ADJOINT}
+
+
+def with_jvp(rule, jvp, bwd=None):
+    return Rule(f"planted_{rule.name}", rule.fwd, bwd or rule.bwd, jvp)
+
+
+def _failing(report):
+    return {c.against for c in report.comparisons if not c.ok}
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "scale", "static"),
+    [
+        ("tanh", jnp.float32, 1e3, {}),
+        ("tanh", jnp.bfloat16, 1.0, {}),
+        ("gelu", jnp.float64, 1e3, {"approximate": True}),
+        ("softmax", jnp.float64, 1e3, {}),
+        ("layer_norm", jnp.bfloat16, 1.0, {}),
+    ],
+)
+def test_correct_jvps_pass_with_every_forward_check(name, dtype, scale, static):
+    """No false alarm from the forward-mode checks in any dtype, at |x| ≈ 1e3 too."""
+    args = (arr(4, 5, dtype=dtype, scale=scale),)
+    if name == "layer_norm":
+        args += (arr(5, dtype=dtype), arr(5, dtype=dtype))
+    report = assert_rule_correct(name, *args, finite_differences=scale == 1.0, **static)
+    againsts = {c.against for c in report.comparisons}
+    assert {"jax.jvp(fwd)", "jax.jvp(reference)", ADJOINT} <= againsts
+    if scale == 1.0:
+        assert "finite differences along t (f64)" in againsts
+    assert not report.notes
+
+
+def test_a_jvp_scaled_by_1_01_is_caught_and_blamed():
+    report = check_rule(with_jvp(TANH, lambda r, t: 1.01 * TANH.jvp(r, t)), Z)
+    assert not report.ok
+    assert _failing(report) >= FORWARD_CHECKS
+    assert "jvp output: constant scale factor: got 1.01 × jax.jvp" in report.diagnoses
+    assert any(
+        "not transposes" in d and "bwd matches jax.vjp, so jvp is wrong" in d
+        for d in report.diagnoses
+    )
+
+
+def test_a_jvp_with_a_sign_flip_is_caught():
+    report = check_rule(with_jvp(SIG, lambda r, t: -SIG.jvp(r, t)), Z)
+    assert _failing(report) >= FORWARD_CHECKS
+    assert "jvp output: sign flip (got −1 × jax.jvp)" in report.diagnoses
+
+
+def test_a_wrong_bwd_beside_a_right_jvp_fails_the_adjoint_identity_and_is_blamed():
+    dense = RULES["dense"]
+    args = (arr(3, 5), arr(5, 4), arr(4))
+
+    def bwd(res, g):
+        dx, dw, db = dense.bwd(res, g)
+        return dx, 1.01 * dw, db
+
+    report = check_rule(with_jvp(dense, dense.jvp, bwd), *args)
+    failing = _failing(report)
+    assert ADJOINT in failing and "jax.vjp(fwd)" in failing
+    assert not failing & {"jax.jvp(fwd)", "finite differences along t (f64)"}
+    assert any("jvp matches jax.jvp, so bwd is wrong" in d for d in report.diagnoses)
+
+
+def test_a_reverse_only_rule_skips_the_forward_checks_with_a_note():
+    report = check_rule(Rule("reverse_only_tanh", TANH.fwd, TANH.bwd), Z)
+    assert report.ok
+    assert not {c.against for c in report.comparisons} & FORWARD_CHECKS
+    assert report.notes and "no jvp" in report.notes[0]
+    assert "note: the rule has no jvp" in str(report)
+
+
+def test_a_jvp_of_the_wrong_shape_is_named():
+    report = check_rule(with_jvp(TANH, lambda r, t: TANH.jvp(r, t)[0]), Z)
+    assert not report.ok
+    assert any("jvp returned (5,)" in d and "(4, 5)" in d for d in report.diagnoses)

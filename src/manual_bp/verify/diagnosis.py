@@ -101,9 +101,9 @@ def explain(
         with jax.enable_x64(True):
             p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
             key = tuple(sorted(static.items()))
-            _, ours64, theirs64, _, _ = evaluator(rule, key, diff, None)(
+            ours64, theirs64 = evaluator(rule, key, diff, None, False)(
                 p64, stacked.astype(jnp.float64)
-            )
+            )[1:3]
             c64 = compare(
                 f64(ours64[i]),
                 f64(theirs64[k]),
@@ -236,7 +236,7 @@ def setting_effects(rule, static, primals, stacked, diff, k, i, tol, a_all, e_al
                 continue
             key = tuple(sorted({**static, name: trial}.items()))
             try:
-                _, ours, theirs, _, _ = evaluator(rule, key, diff, None)(primals, stacked)
+                ours, theirs = evaluator(rule, key, diff, None, False)(primals, stacked)[1:3]
                 errors[trial] = _rel_error(f64(ours[i]), f64(theirs[k]))
             except Exception:  # a setting outside the rule's domain: no evidence either way
                 continue

@@ -1,13 +1,16 @@
 """The oracles a rule is checked against: jitted evaluations of its ``bwd``, ``jax.vjp`` of its own
 ``fwd`` and of the reference forward (vmapped over stacked cotangents), and float64 central and
-one-sided finite differences of ⟨g, fwd(x)⟩. Each jitted evaluator is cached per (rule, static
-keywords), so a table row compiles once across its cases.
+one-sided finite differences of ⟨g, fwd(x)⟩; in forward mode, in the same jitted program, its
+``jvp``, ``jax.jvp`` of its own ``fwd`` and of the reference forward (vmapped over seeded random
+tangents) and the central and one-sided difference quotients of ``fwd`` along each tangent. Each
+jitted evaluator is cached per (rule, static keywords), so a table row compiles once per shape
+and dtype across its cases.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,8 @@ from ..rules import RULES, Rule
 from .tolerances import MAX_FD_ELEMENTS, compare, is_float
 
 __all__ = [
+    "Evaluation",
+    "TangentResults",
     "bind",
     "bwd64",
     "difference_quotients",
@@ -26,6 +31,7 @@ __all__ = [
     "fd_evaluator",
     "finite_difference_comparison",
     "reference_forward",
+    "tangents_for",
 ]
 
 
@@ -53,27 +59,114 @@ def try_cache(fn):
     return wrapper
 
 
+class TangentResults(NamedTuple):
+    """A rule's forward mode along K tangents, each entry stacked over them.
+
+    ``tangents``: one (K, *shape) array per differentiable primal; ``ours``: the rule's ``jvp``;
+    ``own``/``ref``: ``jax.jvp`` of its own forward and of the reference (``None`` without
+    one); ``central``/``left``/``right``: (fwd(x + h t) − fwd(x − h t)) / 2h and the two
+    one-sided quotients, h = 1e-6 · max(1, max|x|), meaningful in float64 only.
+    """
+
+    tangents: tuple
+    ours: Any
+    own: Any
+    ref: Any
+    central: Any
+    left: Any
+    right: Any
+
+
+class Evaluation(NamedTuple):
+    """What :func:`evaluator` returns: the forward ``out`` and, stacked over the cotangents,
+    ``bwd`` (``ours``, one entry per primal), ``jax.vjp`` of the forward (``theirs``, one per
+    differentiable primal) and of the reference (``ref_out``, ``ref_cts``; ``None`` without
+    one); ``tangent`` is the forward mode (:class:`TangentResults`), ``None`` for a rule
+    without a ``jvp``."""
+
+    out: Any
+    ours: Any
+    theirs: Any
+    ref_out: Any
+    ref_cts: Any
+    tangent: TangentResults | None
+
+
+def tangents_for(primals: tuple, diff: tuple, count: int, seed: Any) -> tuple:
+    """``count`` seeded random tangents N(0, 1) + 0.1 per differentiable primal, stacked, each
+    value representable in bfloat16 so that the same tangents are drawn in every dtype."""
+    key = jax.random.fold_in(jax.random.key(0x7A9), seed)
+    out = []
+    for i in diff:
+        p = primals[i]
+        t = jax.random.normal(jax.random.fold_in(key, i), (count, *p.shape), jnp.float32) + 0.1
+        out.append(t.astype(jnp.bfloat16).astype(p.dtype))
+    return tuple(out)
+
+
+def _forward_mode(rule, kw, primals, diff, ref_fn, out, res, count, seed) -> TangentResults:
+    tangents = tangents_for(primals, diff, count, seed)
+
+    def full(ts):
+        padded: list[Any] = [None] * len(primals)
+        for i, t in zip(diff, ts, strict=True):
+            padded[i] = t
+        return padded
+
+    ours = jax.vmap(lambda *ts: rule.jvp(res, *full(ts), **kw))(*tangents)
+    at = tuple(primals[i] for i in diff)
+
+    def jvp_of(fn):
+        f = bind(fn, primals, diff)
+        return jax.vmap(lambda *ts: jax.jvp(f, at, ts)[1])(*tangents)
+
+    own = jvp_of(lambda *p: rule.fwd(*p, **kw)[0])
+    ref = None if ref_fn is None else jvp_of(lambda *p: ref_fn(*p, **kw))
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in at]))
+    h = 1e-6 * jnp.maximum(1.0, top)
+
+    def quotients(*ts):
+        f = bind(lambda *p: rule.fwd(*p, **kw)[0], primals, diff)
+        plus = f(*(x + h.astype(x.dtype) * t for x, t in zip(at, ts, strict=True)))
+        minus = f(*(x - h.astype(x.dtype) * t for x, t in zip(at, ts, strict=True)))
+        step = h.astype(out.dtype)
+        return (plus - minus) / (2 * step), (out - minus) / step, (plus - out) / step
+
+    central, left, right = jax.vmap(quotients)(*tangents)
+    return TangentResults(tangents, ours, own, ref, central, left, right)
+
+
 @try_cache
-def evaluator(rule: Rule, static: tuple, diff: tuple, ref_fn: Any):
-    """A jitted function of (primals, cotangents) -> bwd, jax.vjp and reference cotangents,
-    vmapped over the stacked cotangents."""
+def evaluator(rule: Rule, static: tuple, diff: tuple, ref_fn: Any, forward: bool = True):
+    """A function of ``(primals, cotangents, seed=0) -> Evaluation``, jitted once: bwd, jax.vjp
+    and reference cotangents vmapped over the stacked cotangents and, when the rule has a
+    ``jvp`` (and ``forward`` is true), its forward mode along as many seeded random tangents
+    (:func:`tangents_for`)."""
     kw = dict(static)
 
-    def run(primals, cts):
+    def run(primals, cts, seed):
         out, res = rule.fwd(*primals, **kw)
         ours = jax.vmap(lambda g: rule.bwd(res, g, **kw))(cts)
         _, vjp = jax.vjp(
             bind(lambda *p: rule.fwd(*p, **kw)[0], primals, diff), *(primals[i] for i in diff)
         )
         theirs = jax.vmap(vjp)(cts)
+        tangent = None
+        if forward and rule.jvp is not None:
+            tangent = _forward_mode(rule, kw, primals, diff, ref_fn, out, res, cts.shape[0], seed)
         if ref_fn is None:
-            return out, ours, theirs, None, None
+            return Evaluation(out, ours, theirs, None, None, tangent)
         ref_out, ref_vjp = jax.vjp(
             bind(lambda *p: ref_fn(*p, **kw), primals, diff), *(primals[i] for i in diff)
         )
-        return out, ours, theirs, ref_out, jax.vmap(ref_vjp)(cts)
+        return Evaluation(out, ours, theirs, ref_out, jax.vmap(ref_vjp)(cts), tangent)
 
-    return jax.jit(run)
+    jitted = jax.jit(run)
+
+    def call(primals, cts, seed=0):
+        return jitted(primals, cts, jnp.uint32(seed))
+
+    return call
 
 
 @try_cache

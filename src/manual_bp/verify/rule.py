@@ -1,4 +1,5 @@
-"""Check a handwritten backward rule against autodiff, and say what is wrong when it is not.
+"""Check a handwritten rule, backward and forward mode, against autodiff, and say what is wrong
+when it is not.
 
 :func:`check_rule` compares a rule's ``bwd`` for each differentiable primal against
 
@@ -12,6 +13,13 @@ max|a − e| / max|e|, the error in units in the last place of the primal's dtyp
 of the worst element. When a comparison fails it classifies the failure: a constant scale
 factor, a sign flip, a transposed result, a missing sum over a broadcast axis, an error
 confined to kink points, or a precision-only problem (passes in float64).
+
+A rule with a ``jvp`` also gets its forward mode checked along as many seeded random tangents
+t as there are cotangents c (:mod:`~manual_bp.verify.forward_mode`): ``jvp(t)`` against
+``jax.jvp`` of its own ``fwd`` and of the reference forward, against float64 finite
+differences of ``fwd`` along t, and the adjoint identity ⟨jvp(t), c⟩ = ⟨t, bwd(c)⟩, with a
+diagnosis of which half is wrong when ``jvp`` and ``bwd`` are not each other's transpose. A
+rule without one (reverse-only) gets a note saying these checks were skipped, not a failure.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import numpy as np
 from .._checks import prefix_errors
 from ..rules import Rule, get_rule
 from .diagnosis import diagnose_pattern, domain_warnings, explain, primal_names
+from .forward_mode import jvp_comparisons, jvp_shape_problem
 from .oracles import (
+    Evaluation,
     difference_quotients,
     evaluator,
     finite_difference_comparison,
@@ -60,6 +70,8 @@ class RuleReport:
     diagnoses: list[str]
     warnings: list[str]
     ok: bool
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What was not checked and why (a reverse-only rule's forward mode), not failures."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +98,7 @@ class RuleReport:
             )
         lines += [f"diagnosis: {d}" for d in self.diagnoses]
         lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"note: {n}" for n in self.notes]
         lines.append("result: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
 
@@ -128,7 +141,8 @@ def check_rule(
     **static: Any,
 ) -> RuleReport:
     """Check ``rule.bwd`` at ``primals`` against ``jax.vjp``, the reference and float64 finite
-    differences; explain any failure.
+    differences, and ``rule.jvp`` against ``jax.jvp``, the reference, finite differences along
+    random tangents and the adjoint identity ⟨jvp(t), c⟩ = ⟨t, bwd(c)⟩; explain any failure.
 
     Args:
       rule: a :class:`~manual_bp.Rule` (registered or not) or a registered rule's name.
@@ -136,9 +150,10 @@ def check_rule(
         must get ``None`` cotangents.
       cotangents: cotangents to use instead of ``num_cotangents`` seeded random ones. All-ones,
         all-zero and cotangents that sum to zero along an axis are refused (ValueError).
-      seed: seed of the random cotangents.
+      seed: seed of the random cotangents and tangents.
       tolerance: per-element tolerance (default by dtype: :data:`TOLERANCE`).
-      finite_differences: also compare against float64 central differences.
+      finite_differences: also compare against float64 central differences (of ⟨g, fwd⟩ for
+        ``bwd``, of ``fwd`` along each tangent for ``jvp``).
       **static: the rule's static keywords.
 
     Returns:
@@ -178,8 +193,21 @@ def check_rule(
 
     ref_fn = reference_forward(rule)
     key = tuple(sorted(static.items()))
-    out, ours, theirs, ref_out, ref_cts = evaluator(rule, key, diff, ref_fn)(primals, stacked)
-    floors = comparison_floors(rule, key, diff, ref_fn, primals, stacked, theirs, ref_cts, tol)
+    notes: list[str] = []
+    jvp_problem = None if rule.jvp is None else jvp_shape_problem(rule, primals, diff, static)
+    forward = rule.jvp is not None and jvp_problem is None
+    if rule.jvp is None:
+        notes.append("the rule has no jvp (reverse-only): the forward-mode checks are skipped")
+    ev = evaluator(rule, key, diff, ref_fn, forward)(primals, stacked, seed)
+    out, ours, theirs, ref_out, ref_cts = ev[:5]
+    ev64 = (
+        ev
+        if dtype == np.float64
+        else evaluation64_of(rule, key, diff, ref_fn, forward, primals, stacked, seed)
+    )
+    floors = comparison_floors(
+        rule, key, diff, ref_fn, primals, stacked, theirs, ref_cts, tol, evaluation64=ev64
+    )
 
     if not isinstance(ours, tuple) or len(ours) != len(primals):
         raise TypeError(
@@ -277,6 +305,15 @@ def check_rule(
                     dtype,
                 )
             )
+    if ev.tangent is not None:
+        bwd_ok = all(c.ok for c in comparisons if c.against == "jax.vjp(fwd)")
+        forward_comps, forward_diagnoses = jvp_comparisons(
+            ev, ev64, stacked, diff, dtype, tol, bwd_ok, finite_differences, floors
+        )
+        comparisons += forward_comps
+        diagnoses += forward_diagnoses
+    elif jvp_problem:
+        diagnoses.append(jvp_problem)
     warnings += domain_warnings(primals, out, diff, names)
     diagnoses = [d for d in diagnoses if d]
     ok = all(c.ok for c in comparisons) and not diagnoses
@@ -290,6 +327,7 @@ def check_rule(
         diagnoses=diagnoses,
         warnings=warnings,
         ok=ok,
+        notes=notes,
     )
 
 
@@ -303,19 +341,20 @@ def comparison_floors(
     theirs: tuple,
     ref_cts: tuple | None,
     tol: float,
+    evaluation64: Evaluation | None = None,
 ) -> list[float]:
     """The scale of the computation behind each differentiable primal's cotangent: the largest
     cotangent entry, and below float64 :data:`~manual_bp.verify.tolerances.ROUNDING_FACTOR` ×
     the rounding error of ``jax.vjp`` itself in that dtype (against float64, on the same
-    inputs), over ``tol`` — so the bound ``tol · scale`` admits that much rounding."""
+    inputs), over ``tol`` — so the bound ``tol · scale`` admits that much rounding.
+    ``evaluation64``: the evaluator's result on float64 copies of the primals and cotangents,
+    when the caller has it already (:func:`evaluation64_of`)."""
     floor = float(np.max(np.abs(f64(stacked)), initial=0))
     if np.dtype(stacked.dtype) == np.float64:
         return [floor] * len(diff)
-    with jax.enable_x64(True):
-        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
-        _, _, theirs64, _, ref64 = evaluator(rule, key, diff, ref_fn)(
-            p64, stacked.astype(jnp.float64)
-        )
+    if evaluation64 is None:
+        evaluation64 = evaluation64_of(rule, key, diff, ref_fn, True, primals, stacked, 0)
+    theirs64, ref64 = evaluation64.theirs, evaluation64.ref_cts
     floors = []
     for k in range(len(diff)):
         pairs = [(theirs[k], theirs64[k])]
@@ -329,6 +368,23 @@ def comparison_floors(
             )
         floors.append(max(floor, ROUNDING_FACTOR * noise / max(tol, 1e-300)))
     return floors
+
+
+def evaluation64_of(
+    rule: Rule,
+    key: tuple,
+    diff: tuple[int, ...],
+    ref_fn: Any,
+    forward: bool,
+    primals: tuple,
+    stacked: Any,
+    seed: int,
+) -> Evaluation:
+    """The evaluator's result on float64 copies of the float primals and the cotangents (the
+    tangents drawn from ``seed`` are the same in every dtype)."""
+    with jax.enable_x64(True):
+        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
+        return evaluator(rule, key, diff, ref_fn, forward)(p64, stacked.astype(jnp.float64), seed)
 
 
 def assert_rule_correct(rule: Rule | str, *primals: Any, **kwargs: Any) -> RuleReport:

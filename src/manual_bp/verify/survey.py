@@ -192,7 +192,7 @@ def detection_power(
             cts = jnp.asarray(rng.standard_normal((2, *out.shape)) + 0.1, out.dtype)
             key = tuple(sorted(row.static.items()))
             ref_fn = reference_forward(rule)
-            _, ours, theirs, _, ref_cts = evaluator(rule, key, row.diff, ref_fn)(primals, cts)
+            _, ours, theirs, _, ref_cts, _ = evaluator(rule, key, row.diff, ref_fn)(primals, cts)
             tol = tolerance_for(dtype)
             floors = comparison_floors(
                 rule, key, row.diff, ref_fn, primals, cts, theirs, ref_cts, tol
