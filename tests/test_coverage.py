@@ -31,3 +31,12 @@ def test_registry_holds_rules_with_docstrings_giving_the_derivative():
         assert isinstance(rule, Rule) and rule.name == name
         assert rule.bwd.__doc__ and rule.bwd.__doc__.strip(), f"{name}: bwd has no docstring"
         assert rule.fwd.__doc__ and rule.fwd.__doc__.strip(), f"{name}: fwd has no docstring"
+
+
+def test_every_registered_rule_has_a_jvp_giving_the_directional_derivative():
+    """Forward mode is part of the contract: a registered rule without a jvp fails here (a
+    user's reverse-only rule may have none; check_rule then skips its forward checks)."""
+    missing = sorted(name for name, rule in RULES.items() if rule.jvp is None)
+    assert not missing, f"registered rules without a jvp: {missing}"
+    for name, rule in RULES.items():
+        assert rule.jvp.__doc__ and rule.jvp.__doc__.strip(), f"{name}: jvp has no docstring"
