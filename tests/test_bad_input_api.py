@@ -1987,23 +1987,21 @@ NOT_CALLED_WITH_DATA = {
 
 
 def test_every_public_callable_has_a_row():
-    """Each public callable of manual_bp, manual_bp.nn, data, train, checkpoint, credit,
-    per_example, parallel, audit, report, guard, verify, adapter, survey and testing has a row
-    in this table or in tests/test_bad_input.py, or is listed above as holding no inputs.
+    """Each public callable of the modules in ``public_api.BAD_INPUT_MODULES`` (manual_bp,
+    manual_bp.nn, data, train, checkpoint, credit, per_example, parallel, audit, report, guard,
+    verify, adapter, survey, testing, curvature) has a row in this table or in
+    tests/test_bad_input.py, or is listed above as holding no inputs.
     Constants (DATA_AXIS,
     PLOTS, NETWORKS, EXIT_NON_FINITE) are not callable and are skipped. (manual_bp.parallel's
     errors on 8 devices are tested in tests/test_parallel.py.)"""
+    import public_api
     import test_bad_input
 
     covered = {b[1] for b in BAD}
     covered |= {"value_and_grad", "register"} if test_bad_input.BAD else set()
     public = {
         name
-        for module in (
-            *(manual_bp, nn, data, train, checkpoint, credit, per_example),
-            *(parallel, audit, report, guard, verify, adapter, survey, testing),
-            curvature,
-        )
+        for module in public_api.load(public_api.BAD_INPUT_MODULES)
         for name in module.__all__
         if callable(getattr(module, name)) and not isinstance(getattr(module, name), ModuleType)
     }

@@ -12,6 +12,8 @@ network against autodiff), the research tools :mod:`~manual_bp.credit` and
 :mod:`~manual_bp.train` (``fit`` and the ``manual-bp train`` run).
 """
 
+from importlib import metadata as _metadata
+
 from . import credit, nn, parallel, per_example, rules
 from .adapter import as_custom_vjp
 from .primitive import as_primitive
@@ -48,4 +50,8 @@ __all__ = [
     "value_grad_and_deltas",
 ]
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _metadata.version("manual_bp")
+    """The installed distribution's version (``manual-bp --version``)."""
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"

@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from . import __version__
+
 __all__ = ["main"]
 
 
@@ -61,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="manual-bp",
         description="Handwritten backpropagation in JAX, every rule verified against autodiff.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"manual-bp {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser(

@@ -29,6 +29,7 @@ DESCRIPTION = (
     "against jax.grad of the reference, PyTorch and numpy, achieved GFLOP/s against the "
     "measured matmul rate, compile time and memory. Writes results.json and results.md."
 )
+"""The suite's one-paragraph description, for ``manual-bp bench --help`` and the report."""
 
 
 def run(args: argparse.Namespace, invocation: str = "manual-bp bench") -> int:
