@@ -9,11 +9,15 @@ registered rule is a ``Rule`` instance, documented by the docstrings of its ``fw
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -160,3 +164,54 @@ def test_every_public_name_is_on_the_api_pages(site):
     missing = sorted(a for m, n in public_names() if (a := expected_anchor(m, n)) not in ids)
     assert not missing, f"public names without an entry on the API pages: {missing}"
     assert "manual_bp.nn.not_there" not in ids  # the anchors are the rendered ones, not any
+
+
+# --- the built site in a real browser (slow) --------------------------------------------------
+
+CHROMIUM = next((c for c in ("chromium", "chromium-browser") if shutil.which(c)), None)
+PAGES = {  # page: (its title, a heading on it)
+    "": ("manual_bp", "The two commands"),
+    "tutorial/": ("Tutorial", "The backward pass"),
+    "reference/rules/": ("Rules", "manual_bp.rules"),
+}
+
+
+@pytest.fixture(scope="module")
+def served(site):
+    """The built site on 127.0.0.1, at a free port, for the module's tests."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def chromium(*args: str) -> str:
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--virtual-time-budget=10000", "--window-size=1280,1600", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: .ci/run installs Debian's chromium")
+@pytest.mark.parametrize("page", list(PAGES), ids=lambda p: p or "home")
+def test_the_page_renders_in_a_browser(served, page, tmp_path):
+    """Each page, after its JavaScript ran: its title and headings, a formula typeset by KaTeX
+    (the site's own copy, offline), the search box, and no 404."""
+    title, heading = PAGES[page]
+    url = served + page
+    dom = chromium("--dump-dom", url)
+    shot = tmp_path / f"{page.strip('/').replace('/', '_') or 'home'}.png"
+    chromium(f"--screenshot={shot}", url)
+    assert shot.stat().st_size > 10_000, "an empty screenshot"
+    assert re.search(rf"<title>{re.escape(title)}\b", dom), dom[:500]
+    assert heading in " ".join(re.findall(r"<h[1-3][^>]*>(.*?)</h[1-3]>", dom, flags=re.S))
+    assert 'class="katex' in dom, "no formula typeset"
+    assert 'class="md-search__input"' in dom, "no search box"
+    assert "404" not in re.search(r"<title>(.*?)</title>", dom).group(1)
