@@ -472,6 +472,27 @@ BAD = [
         r"MultiHeadAttention: num_heads=2 must divide D=5",
     ),
     (
+        "remat non-layer",
+        "remat",
+        lambda t: nn.remat("dense"),
+        TypeError,
+        r"remat: expected a manual_bp.nn.Layer, got str",
+    ),
+    (
+        "remat_serial every",
+        "remat_serial",
+        lambda t: nn.remat_serial(nn.Tanh(), every=0),
+        ValueError,
+        r"remat_serial: every must be a positive",
+    ),
+    (
+        "MultiHeadAttention block_size",
+        "MultiHeadAttention",
+        lambda t: nn.MultiHeadAttention(2, block_size=0),
+        ValueError,
+        r"MultiHeadAttention: block_size must be a positive",
+    ),
+    (
         "serial non-layer",
         "serial",
         lambda t: nn.serial(nn.Tanh(), "relu"),

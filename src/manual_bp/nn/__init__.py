@@ -48,6 +48,7 @@ from .layers import (
 from .models import GRUClassifier, LeNet, LSTMClassifier, TransformerLM, mlp
 from .modes import BatchNorm, Dropout
 from .recurrent import GRU, LSTM, RNN, LastStep
+from .remat import remat, remat_serial
 
 __all__ = [
     "ACTIVATIONS",
@@ -89,6 +90,8 @@ __all__ = [
     "from_rule",
     "has_state",
     "mlp",
+    "remat",
+    "remat_serial",
     "residual",
     "serial",
 ]
