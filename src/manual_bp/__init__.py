@@ -16,8 +16,8 @@ from importlib import metadata as _metadata
 
 from . import credit, nn, parallel, per_example, rules
 from .adapter import as_custom_vjp
-from .primitive import as_primitive
 from .grad import hvp, value_and_grad, value_and_jvp, value_grad_and_deltas
+from .primitive import as_primitive
 from .rules import RULES, Rule, get_rule, register
 from .verify import (
     NetworkReport,
