@@ -105,7 +105,10 @@ def BatchNorm(momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = No
         dgamma, dbeta = dparams["gamma"], dparams["beta"]
         if "train" in tape:
             return _norm.batch_norm.jvp(tape["train"], dx, dgamma, dbeta, eps=eps)
-        return _norm.batch_norm_inference.jvp(tape["eval"], dx, None, None, dgamma, dbeta, eps=eps)
+        still = jnp.zeros_like(dgamma)  # the running statistics
+        return _norm.batch_norm_inference.jvp(
+            tape["eval"], dx, still, still, dgamma, dbeta, eps=eps
+        )
 
     def state_of(tape):
         return tape["state"]
