@@ -269,6 +269,24 @@ BAD = [
         r"keeps state \(batch-norm statistics or feedback matrices\): use "
         r"value_and_grad\(net, loss, has_state=True\)",
     ),
+    (
+        "value_and_jvp dx shape",
+        "value_and_jvp",
+        lambda t: manual_bp.value_and_jvp(NET, "softmax_cross_entropy")(
+            PARAMS, z(8, 6), ints(8), None, z(8, 5)
+        ),
+        ValueError,
+        r"value_and_jvp\('serial'\): dx must have x's shape \(8, 6\) and dtype float32, "
+        r"got \(8, 5\) float32",
+    ),
+    (
+        "hvp v tree",
+        "hvp",
+        lambda t: manual_bp.hvp(NET, "softmax_cross_entropy")(PARAMS, z(8, 6), ints(8), {}),
+        ValueError,
+        r"hvp: v: params: keys do not match the network: missing \['dense_0', 'dense_2', "
+        r"'tanh_1'\]",
+    ),
     # --- manual_bp.nn: constructors ----------------------------------------------------------
     ("Dense 0", "Dense", lambda t: nn.Dense(0), ValueError, r"Dense: features must be a positive"),
     ("Elu alpha", "Elu", lambda t: nn.Elu(alpha=0.0), ValueError, r"elu: alpha must be > 0"),
