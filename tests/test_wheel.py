@@ -1,0 +1,68 @@
+"""The package a user installs: ``python -m build`` makes a wheel and an sdist, the wheel goes
+into a fresh virtual environment (not editable, dependencies resolved by pip as a user's would
+be), and from a folder outside the checkout ``manual-bp`` runs and every public module imports.
+Slow: a build and an install of JAX and the ``data`` extra (minutes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+import public_api
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(*argv, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, f"{argv}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    pytest.importorskip("build", reason="the docs extra (pip install -e '.[docs]')")
+    dist = tmp_path_factory.mktemp("dist")
+    run(sys.executable, "-m", "build", "--outdir", dist, ROOT, cwd=ROOT)
+    wheels, sdists = list(dist.glob("*.whl")), list(dist.glob("*.tar.gz"))
+    assert len(wheels) == 1 and len(sdists) == 1, sorted(dist.iterdir())
+    env = tmp_path_factory.mktemp("venv") / "fresh"
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", f"{wheels[0]}[data]", cwd=dist)
+    outside = tmp_path_factory.mktemp("outside")
+    return env / "bin", outside
+
+
+def test_the_wheel_holds_no_checkout_paths(installed):
+    bin_, outside = installed
+    proc = run(bin_ / "python", "-c", "import manual_bp; print(manual_bp.__file__)", cwd=outside)
+    assert str(ROOT) not in proc.stdout and "site-packages" in proc.stdout
+
+
+def test_the_command_runs_outside_the_checkout(installed):
+    bin_, outside = installed
+    version = run(bin_ / "manual-bp", "--version", cwd=outside).stdout
+    assert version.startswith("manual-bp ") and "unknown" not in version
+    train = run(bin_ / "manual-bp", "train", "--epochs", "1", "--out", "run", cwd=outside)
+    assert "gradient check" in train.stdout and (outside / "run" / "checkpoint.npz").exists()
+    verify = run(bin_ / "manual-bp", "verify", "--rule", "sigmoid", cwd=outside)
+    assert "sigmoid" in verify.stdout
+    argv = ["bench", "--tiny", "--models", "tiny_mlp", "--no-torch", "--no-numpy"]
+    bench = run(bin_ / "manual-bp", *argv, cwd=outside)
+    assert "manual / jax.grad" in bench.stdout
+
+
+def test_every_public_module_imports(installed):
+    bin_, outside = installed
+    code = f"import importlib; [importlib.import_module(m) for m in {public_api.PUBLIC_MODULES!r}]"
+    run(bin_ / "python", "-c", code, cwd=outside)
