@@ -1,13 +1,21 @@
 """The package a user installs: ``python -m build`` makes a wheel and an sdist, the wheel goes
-into a fresh virtual environment (not editable, dependencies resolved by pip as a user's would
-be), and from a folder outside the checkout ``manual-bp`` runs and every public module imports.
-Slow: a build and an install of JAX and the ``data`` extra (minutes)."""
+into a fresh virtual environment (not editable), and from a folder outside the checkout
+``manual-bp`` runs and every public module imports.
+
+The fresh environment finds the wheel's dependencies in this environment's site-packages
+(a path line in a ``.pth`` file: the directory is searched after its own, and the editable
+install's own ``.pth`` hooks there are not run), instead of installing JAX a second time.
+That every dependency is declared is checked directly: each third-party package the
+installed modules import belongs to a distribution named in the wheel's ``Requires-Dist``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -38,7 +46,12 @@ def installed(tmp_path_factory):
     env = tmp_path_factory.mktemp("venv") / "fresh"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", f"{wheels[0]}[data]", cwd=dist)
+    run(python, "-m", "pip", "install", "-q", "--no-deps", wheels[0], cwd=dist)
+    purelib = run(
+        python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=dist
+    )
+    deps = Path(purelib.stdout.strip()) / "dependencies.pth"
+    deps.write_text(sysconfig.get_paths()["purelib"] + "\n")
     outside = tmp_path_factory.mktemp("outside")
     return env / "bin", outside
 
@@ -66,3 +79,36 @@ def test_every_public_module_imports(installed):
     bin_, outside = installed
     code = f"import importlib; [importlib.import_module(m) for m in {public_api.PUBLIC_MODULES!r}]"
     run(bin_ / "python", "-c", code, cwd=outside)
+
+
+IMPORTS = """
+import ast, importlib.metadata as md, json, pathlib, re, sys
+import manual_bp, reference
+dists = md.packages_distributions()
+found = {}
+for package in (manual_bp, reference):
+    for path in pathlib.Path(package.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("manual_bp", "reference"):
+                    continue
+                for dist in dists.get(top, [top]):
+                    found.setdefault(dist, str(path.name))
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+declared = {norm(re.split(r"[ ;<>=!~\\[(]", r)[0]) for r in md.requires("manual_bp") or []}
+print(json.dumps({d: f for d, f in found.items() if norm(d) not in declared}))
+"""
+
+
+def test_every_imported_package_is_a_declared_dependency(installed):
+    bin_, outside = installed
+    proc = run(bin_ / "python", "-c", IMPORTS, cwd=outside)
+    undeclared = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert undeclared == {}, f"imported but not in the wheel's Requires-Dist: {undeclared}"
