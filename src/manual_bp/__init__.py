@@ -53,5 +53,5 @@ __all__ = [
 try:  # one source of truth: the version in pyproject.toml, as installed
     __version__ = _metadata.version("manual_bp")
     """The installed distribution's version (``manual-bp --version``)."""
-except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+except _metadata.PackageNotFoundError:  # a source tree imported without being installed
     __version__ = "0+unknown"

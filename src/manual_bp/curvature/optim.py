@@ -15,7 +15,7 @@ first step takes the batch's factors); every ``inverse_every`` steps the damped 
 (Ā + √λ I)⁻¹ and (Ḡ + √λ I)⁻¹ are recomputed (λ = ``damping``); the update is
 (Ā + √λ I)⁻¹ Ĝ (Ḡ + √λ I)⁻¹, the inverse of the damped Kronecker product applied to the
 gradient. Parameters of other layers pass through unchanged. Cost per step: the factors (L·C
-backward passes, see :mod:`~manual_bp.curvature.kfac`) plus O(I'³ + O³) per layer every
+backward passes, see :mod:`~manual_bp.curvature.kronecker`) plus O(I'³ + O³) per layer every
 ``inverse_every`` steps.
 """
 
@@ -32,7 +32,7 @@ from jax import lax
 from .._checks import require_positive_int
 from ..nn import Layer
 from ..rules import Rule
-from .kfac import kfac_factors
+from .kronecker import kfac_factors
 
 __all__ = ["KfacState", "kfac"]
 

@@ -47,8 +47,8 @@ from .layers import (
 )
 from .models import GRUClassifier, LeNet, LSTMClassifier, TransformerLM, mlp
 from .modes import BatchNorm, Dropout
+from .recompute import remat, remat_serial
 from .recurrent import GRU, LSTM, RNN, LastStep
-from .remat import remat, remat_serial
 
 __all__ = [
     "ACTIVATIONS",
