@@ -24,7 +24,11 @@ from pathlib import Path
 DUMP = None
 if __name__ == "__main__":
     count = 8 if sys.argv[1] == "mesh" else 2
-    flags = [f"--xla_force_host_platform_device_count={count}"]
+    # the suite's own flags (tests/conftest.py), plus the device count
+    flags = [
+        *os.environ.get("XLA_FLAGS", "").split(),
+        f"--xla_force_host_platform_device_count={count}",
+    ]
     if sys.argv[1] == "mesh":  # the compiled epochs of fit, to look for the all-reduce
         DUMP = tempfile.mkdtemp(prefix="manual_bp_hlo_")
         flags += [f"--xla_dump_to={DUMP}", "--xla_dump_hlo_module_re=run_epoch"]

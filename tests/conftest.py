@@ -13,7 +13,17 @@ import os
 import shutil
 import tempfile
 
-import jax
+# XLA's CPU compiles are most of the suite's time: its programs are small and run once or
+# twice. LLVM's optimization level 1 compiles them about 1.7x faster than the default 2, with
+# the same arithmetic (a sample of the rule table's results was bit-identical in 99% of its
+# arrays; the rest differ by rounding). Set before JAX starts its backend; the subprocesses the
+# tests start inherit it.
+_FLAG = "--xla_backend_optimization_level=1"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 # The controller (or a run without xdist) makes the folder; the workers inherit it.
@@ -44,6 +54,29 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
+def pytest_collection_modifyitems(items):
+    """Each rule-table row's tests (marked ``table_row``) one after another, at the place of
+    the row's first test; everything else keeps its order. pytest-xdist hands out consecutive
+    tests in chunks, so a row's tests mostly run on one worker, which compiles the row's one
+    program (``rule_table.row_results``) once."""
+    first: dict[str, int] = {}
+    place = []
+    for i, item in enumerate(items):
+        mark = item.get_closest_marker("table_row")
+        place.append(first.setdefault(mark.args[0], i) if mark else i)
+    order = sorted(range(len(items)), key=lambda i: (place[i], i))
+    items[:] = [items[i] for i in order]
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop JAX's in-memory caches of traced and compiled programs, so
+    a long-lived xdist worker holds one module's executables at a time (the persistent cache
+    on disk keeps them for any later hit)."""
+    yield
+    jax.clear_caches()

@@ -1,9 +1,11 @@
 """The audit table the tests are driven by (it lives in the package, for ``manual-bp verify``),
 and the one jitted evaluation of a row that the rule tests share: backward and forward mode.
 
-:func:`evaluator` is cached per row, so every test that evaluates a row at a given shape and
-dtype (the table's cases in every input domain, the finite differences, the eager comparison,
-the property tests and the adapter's table) runs one compiled program.
+:func:`row_results` evaluates every case of a row (each dtype, shape and input domain) in one
+compiled program, cached per row: the table's tests in backward and forward mode and the eager
+comparison read it. :func:`vjp_evaluator` (backward mode only, cached per row and compiled per
+shape) serves the finite differences, the property tests and the adapter's table;
+:func:`evaluator` evaluates one case in both modes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax
 import numpy as np
 
 import reference
-from _compare import rng_for
+from _compare import random_cotangent, rng_for
 from manual_bp import RULES
 from manual_bp.verify.oracles import tangents_for
 from manual_bp.verify.table import ALL_DTYPES, BF16, F32, F64, ROWS, Row
@@ -29,9 +31,13 @@ __all__ = [
     "TANGENTS",
     "Results",
     "Row",
+    "case_inputs",
+    "cases",
     "evaluator",
     "out_struct",
     "primals_for",
+    "row_results",
+    "vjp_evaluator",
     "with_diff",
 ]
 
@@ -91,10 +97,10 @@ def with_diff(row: Row, primals, diff) -> tuple:
     return tuple(full)
 
 
-@functools.cache
-def evaluator(row: Row):
-    """Jitted ``(primals, ct) -> Results``: the rule's fwd, bwd and jvp, and ``jax.vjp`` and
-    ``jax.jvp`` of its own fwd and of the reference forward."""
+def _evaluate(row: Row, with_jvp: bool = True):
+    """``(primals, ct) -> Results`` (not jitted): the rule's fwd, bwd and jvp, and ``jax.vjp``
+    and ``jax.jvp`` of its own fwd and of the reference forward (backward mode only when not
+    ``with_jvp``)."""
     rule, ref = RULES[row.rule], reference.FORWARD[row.rule]
 
     def vjp_of(fn, primals, ct):
@@ -121,7 +127,6 @@ def evaluator(row: Row):
 
         return jax.vmap(one)(*tangents)
 
-    @jax.jit
     def run(primals, ct):
         out, res = rule.fwd(*primals, **row.static)
         cts = rule.bwd(res, ct, **row.static)
@@ -131,7 +136,7 @@ def evaluator(row: Row):
 
         own = vjp_of(own_fwd, primals, ct)
         results = Results(out, cts, *own, *vjp_of(ref, primals, ct))
-        if rule.jvp is None:
+        if rule.jvp is None or not with_jvp:
             return results
         tangents = tangents_for(primals, row.diff, TANGENTS, 0)
         return results._replace(
@@ -142,3 +147,55 @@ def evaluator(row: Row):
         )
 
     return run
+
+
+@functools.cache
+def evaluator(row: Row):
+    """Jitted ``(primals, ct) -> Results`` at one set of primals: the rule's fwd, bwd and jvp,
+    and ``jax.vjp`` and ``jax.jvp`` of its own fwd and of the reference forward."""
+    return jax.jit(_evaluate(row))
+
+
+@functools.cache
+def vjp_evaluator(row: Row):
+    """Jitted ``(primals, ct) -> Results`` in backward mode only (the forward-mode fields
+    ``None``): what the finite differences, the property tests and the adapter's table read,
+    a smaller program to compile at each new shape."""
+    return jax.jit(_evaluate(row, with_jvp=False))
+
+
+def cases(row: Row) -> list[tuple[Any, Any, str]]:
+    """The row's cases: every (dtype, shape, domain), without bfloat16 at |x| ~ 1e3."""
+    return [
+        (dtype, shape, domain)
+        for dtype in row.dtypes
+        for shape in row.shapes
+        for domain in row.domains()
+        if not (domain == "extreme" and dtype == BF16)
+    ]
+
+
+def case_inputs(row: Row, dtype, shape, domain: str) -> tuple[tuple, Any]:
+    """A case's primals and its seeded random cotangent (never ones)."""
+    primals = primals_for(row, dtype, shape, domain)
+    ct = random_cotangent(rng_for("ct", row.id, shape, domain), out_struct(row, primals))
+    return primals, ct
+
+
+@functools.cache
+def row_results(row: Row) -> dict[tuple[Any, Any, str], Results]:
+    """Every case of the row, ``{(dtype, shape, domain): Results}``, from one compiled program
+    (one XLA compile per table row, not one per dtype and shape): :func:`evaluator`'s
+    computation at every (dtype, shape) of the row at once, called once per input domain.
+    (bfloat16 at |x| ~ 1e3 is evaluated for the program's shape and not returned.)"""
+    pairs = [(dtype, shape) for dtype in row.dtypes for shape in row.shapes]
+    run = _evaluate(row)
+    program = jax.jit(lambda args: [run(primals, ct) for primals, ct in args])
+    wanted = set(cases(row))
+    results = {}
+    for domain in row.domains():
+        outs = program([case_inputs(row, dtype, shape, domain) for dtype, shape in pairs])
+        for (dtype, shape), r in zip(pairs, outs, strict=True):
+            if (dtype, shape, domain) in wanted:
+                results[dtype, shape, domain] = r
+    return results

@@ -28,7 +28,7 @@ import reference
 from _compare import assert_close, assert_trees_close, random_cotangent, rng_for
 from manual_bp import RULES, Rule, nn
 from manual_bp.adapter import as_custom_vjp
-from rule_table import F64, ROWS, evaluator, out_struct, primals_for, with_diff
+from rule_table import F64, ROWS, out_struct, primals_for, vjp_evaluator, with_diff
 
 REF = reference.FORWARD
 
@@ -42,7 +42,7 @@ def _row_primals(row):
 @functools.cache
 def _adapted_vjp(row):
     """The adapted function and one jitted ``(primals, ct) -> (out, jax.vjp cotangents)``; the
-    rule's own ``bwd`` and the reference come from the row's shared evaluator."""
+    rule's own ``bwd`` and the reference come from the row's backward-mode evaluator."""
     adapted = as_custom_vjp(RULES[row.rule], **row.static)
 
     @jax.jit
@@ -77,7 +77,7 @@ def test_rule_table_through_custom_vjp(row):
 
     ct = random_cotangent(rng_for("adapter-ct", row.id), jax.eval_shape(adapted, *primals))
     out, cts = run(primals, ct)
-    shared = evaluator(row)(primals, ct)
+    shared = vjp_evaluator(row)(primals, ct)
     direct, ref_out, ref_cts = shared.cts, shared.ref_out, shared.ref_cts
     g = float(jnp.max(jnp.abs(ct)))
     assert_close(out, ref_out, F64, f"{row.id}: forward vs reference")

@@ -32,7 +32,8 @@ F32_RTOL = 2e-6
 
 def _env(devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    count = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {count}".strip()  # and the suite's own
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -29,7 +29,7 @@ from _compare import assert_close, assert_trees_close, random_cotangent
 from manual_bp import nn
 from manual_bp.train import ACTIVATIONS
 from manual_bp.verify.table import distinct_image
-from rule_table import F64, ROWS, evaluator, out_struct
+from rule_table import F64, ROWS, out_struct, vjp_evaluator
 
 PROFILE = settings(max_examples=2, deadline=None, derandomize=True, database=None)
 
@@ -51,7 +51,7 @@ def test_rule_bwd_equals_vjp_of_its_fwd(row, seed, pick, scale):
     rng = np.random.default_rng(seed)
     primals = row.make(rng, shape, F64, "normal")
     ct = random_cotangent(rng, out_struct(row, primals))
-    out, cts, own_out, own_cts, ref_out, ref_cts = evaluator(row)(primals, ct)[:6]
+    out, cts, own_out, own_cts, ref_out, ref_cts = vjp_evaluator(row)(primals, ct)[:6]
     g = float(jnp.max(jnp.abs(ct)))
     what = f"{row.id} shape={shape} seed={seed}"
     assert_close(out, own_out, F64, f"{what}: fwd")

@@ -23,42 +23,43 @@ import jax.test_util
 import numpy as np
 import pytest
 
-from _compare import as_f64, assert_close, random_cotangent, rng_for
+from _compare import as_f64, assert_close
 from manual_bp import RULES
 from manual_bp.verify import tolerance_for
 from manual_bp.verify.forward_mode import adjoint_comparison, jvp_floor
 from manual_bp.verify.oracles import finite_difference_comparison
 from rule_table import (
-    BF16,
     F32,
     F64,
     ROWS,
     TANGENTS,
-    evaluator,
+    case_inputs,
+    cases,
     out_struct,
     primals_for,
+    row_results,
+    vjp_evaluator,
     with_diff,
 )
 
+
+def _grouped(row, *values, id):
+    """A case of ``row``, run next to the row's other cases (tests/conftest.py), so that an
+    xdist worker handed one of them mostly gets them all and compiles the row's program once."""
+    return pytest.param(row, *values, id=id, marks=pytest.mark.table_row(row.id))
+
+
 CASES = [
-    pytest.param(row, dtype, shape, domain, id=f"{row.id}-{np.dtype(dtype).name}-{shape}-{domain}")
+    _grouped(row, dtype, shape, domain, id=f"{row.id}-{np.dtype(dtype).name}-{shape}-{domain}")
     for row in ROWS
-    for dtype in row.dtypes
-    for shape in row.shapes
-    for domain in row.domains()
-    if not (domain == "extreme" and dtype == BF16)
+    for dtype, shape, domain in cases(row)
 ]
-
-
-def _cotangent(row, primals, shape, domain):
-    return random_cotangent(rng_for("ct", row.id, shape, domain), out_struct(row, primals))
 
 
 @pytest.mark.parametrize(("row", "dtype", "shape", "domain"), CASES)
 def test_bwd_matches_vjp_and_reference(row, dtype, shape, domain):
-    primals = primals_for(row, dtype, shape, domain)
-    ct = _cotangent(row, primals, shape, domain)
-    out, cts, own_out, own_cts, ref_out, ref_cts = evaluator(row)(primals, ct)[:6]
+    primals, ct = case_inputs(row, dtype, shape, domain)
+    out, cts, own_out, own_cts, ref_out, ref_cts = row_results(row)[dtype, shape, domain][:6]
     g = float(np.max(np.abs(as_f64(ct))))
     assert out.dtype == dtype, f"{row.id}: output dtype {out.dtype}, expected {np.dtype(dtype)}"
 
@@ -105,9 +106,8 @@ def test_jvp_matches_jvp_reference_and_bwd(row, dtype, shape, domain):
     own bwd through the adjoint identity (the same jitted evaluation as the test above)."""
     if RULES[row.rule].jvp is None:
         pytest.skip(f"{row.rule} has no jvp (reverse-only)")
-    primals = primals_for(row, dtype, shape, domain)
-    ct = _cotangent(row, primals, shape, domain)
-    r = evaluator(row)(primals, ct)
+    _, ct = case_inputs(row, dtype, shape, domain)
+    r = row_results(row)[dtype, shape, domain]
     assert r.jvp.shape == (TANGENTS, *r.out.shape) and r.jvp.dtype == r.out.dtype, (
         f"{row.id}: jvp is {r.jvp.shape} {r.jvp.dtype}, expected {(TANGENTS, *r.out.shape)} "
         f"{r.out.dtype}"
@@ -124,17 +124,15 @@ def test_jvp_matches_jvp_reference_and_bwd(row, dtype, shape, domain):
     assert adjoint.ok, f"{row.id}: adjoint identity ⟨jvp(t), c⟩ = ⟨t, bwd(c)⟩ fails: {adjoint}"
 
 
-FD_CASES = [
-    pytest.param(row, shape, id=f"{row.id}-{shape}") for row in ROWS for shape in row.shapes
-]
+FD_CASES = [_grouped(row, shape, id=f"{row.id}-{shape}") for row in ROWS for shape in row.shapes]
 
 
 @pytest.mark.parametrize(("row", "shape"), FD_CASES)
 def test_finite_differences_float64(row, shape):
-    """``check_vjp`` of the rule's fwd and bwd, both evaluated by the row's jitted program (the
-    one the float64 case above compiled)."""
+    """``check_vjp`` of the rule's fwd and bwd, both evaluated by the row's jitted backward-mode
+    program."""
     primals = primals_for(row, F64, shape, "normal")
-    run = evaluator(row)
+    run = vjp_evaluator(row)
     zero = jnp.zeros(out_struct(row, primals).shape, F64)
 
     def f(*diff):
@@ -158,13 +156,14 @@ def test_finite_differences_float64(row, shape):
 @pytest.mark.parametrize(("row", "shape"), FD_CASES)
 def test_jvp_finite_differences_float64(row, shape):
     """Central differences of fwd along each tangent, (f(x + h t) − f(x − h t)) / 2h, against
-    the jvp, kink-aware (the row's jitted float64 program evaluates every point)."""
+    the jvp at the table's float64 case, kink-aware (the row's jitted backward-mode program
+    evaluates the moved points)."""
     if RULES[row.rule].jvp is None:
         pytest.skip(f"{row.rule} has no jvp (reverse-only)")
     primals = primals_for(row, F64, shape, "normal")
-    run = evaluator(row)
+    run = vjp_evaluator(row)
     zero = jnp.zeros(out_struct(row, primals).shape, F64)
-    r = run(primals, zero)
+    r = row_results(row)[F64, shape, "normal"]
     at = [primals[i] for i in row.diff]
     h = 1e-6 * max(1.0, *(float(np.max(np.abs(as_f64(x)))) for x in at))
     for k in range(TANGENTS):
@@ -179,19 +178,19 @@ def test_jvp_finite_differences_float64(row, shape):
         assert comp.ok, f"{row.id}: jvp along tangent {k} vs finite differences: {comp}"
 
 
-EAGER_CASES = [pytest.param(row, id=row.id) for row in ROWS]
+EAGER_CASES = [_grouped(row, id=row.id) for row in ROWS]
 
 
 @pytest.mark.parametrize("row", EAGER_CASES)
 def test_eager_matches_jit(row):
     """The table runs under jit; the same rule called eagerly (op by op) gives the same."""
     rule = RULES[row.rule]
+    dtype = F32 if F32 in row.dtypes else F64
     shape = row.shapes[-1]
-    primals = primals_for(row, F32, shape, "normal")
-    ct = _cotangent(row, primals, shape, "normal")
+    primals, ct = case_inputs(row, dtype, shape, "normal")
     out, res = rule.fwd(*primals, **row.static)
     cts = rule.bwd(res, ct, **row.static)
-    jitted = evaluator(row)(primals, ct)
-    assert_close(out, jitted.out, F32, f"{row.id} eager fwd")
+    jitted = row_results(row)[dtype, shape, "normal"]
+    assert_close(out, jitted.out, dtype, f"{row.id} eager fwd")
     for i in row.diff:
-        assert_close(cts[i], jitted.cts[i], F32, f"{row.id} eager d/primal{i}")
+        assert_close(cts[i], jitted.cts[i], dtype, f"{row.id} eager d/primal{i}")

@@ -17,7 +17,7 @@ from manual_bp import check_network, nn, value_grad_and_deltas
 from manual_bp.rules import add_positions, embedding
 from manual_bp.rules.attention import multi_head_attention
 from manual_bp.rules.normalization import layer_norm
-from rule_table import ROWS, evaluator
+from rule_table import ROWS, vjp_evaluator
 
 VOCAB, T, FEATURES, BATCH = 7, 5, 8, 2
 LOSS = "softmax_cross_entropy"
@@ -102,7 +102,8 @@ def _attention_vs_reference(args, mask, causal, dtype=jnp.float64, ref_dtype=Non
     out_shape = jax.eval_shape(lambda *a: multi_head_attention(*a, mask, **static), *args)
     ct = random_cotangent(rng_for("att-ct", causal, out_shape.shape), out_shape)
     if ref_dtype is None:
-        out, cts, _, _, ref_out, ref_cts = evaluator(_attention_row(causal))((*args, mask), ct)[:6]
+        run = vjp_evaluator(_attention_row(causal))
+        out, cts, _, _, ref_out, ref_cts = run((*args, mask), ct)[:6]
     else:
         out, cts, ref_out, ref_cts = _against_wider_reference(args, mask, ct, causal, ref_dtype)
     assert cts[-1] is None, "the mask gets no cotangent"
