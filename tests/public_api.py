@@ -26,6 +26,7 @@ BAD_INPUT_MODULES = (
     "manual_bp.verify.survey",
     "manual_bp.testing",
     "manual_bp.curvature",
+    "manual_bp.forward_grad",
 )
 
 # The rest of the documented surface: the rules (their bad inputs are tests/test_bad_input.py's),

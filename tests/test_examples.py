@@ -41,6 +41,13 @@ RESEARCH_EXAMPLES = {
             for m in ("backprop", "dfa")
         ],
     ),
+    "forward_gradients.py": (
+        ("accuracy.png", "cosines.png", "results.json"),
+        [
+            rf"^\| digits \| {m} \| \d+\.\d\d% \| \d+\.\d{{4}} \| "
+            for m in ("backprop", "weight-perturbed", "activity-perturbed")
+        ],
+    ),
     "vanishing_gradients.py": (
         ("delta_norms.png", "results.json"),
         [rf"^\| {i} \| \S+ → \S+ \| \S+ → \S+ \| \S+ → \S+ \|$" for i in range(1, 11)]
@@ -78,6 +85,14 @@ def test_research_example_quick_run(script, tmp_path, monkeypatch, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     for row in rows:
         assert re.search(row, stdout, flags=re.M), f"{script}: no row {row!r}\n{stdout}"
+    if script == "forward_gradients.py":  # unbiased but noisy: 0 < E[cos] < 1, activity closer
+        cosines = json.loads((out / "results.json").read_text(encoding="utf-8"))["digits"]
+        for method in cosines.values():
+            c = method["cosines"]
+            for layer in c["weight"]:
+                w, a = c["weight"][layer][-1], c["activity"][layer][-1]
+                assert 0 < w < 0.5 and 0 < a < 0.5, (layer, w, a)
+                assert a > w, f"{layer}: activity-perturbed {a} not above weight-perturbed {w}"
     if script == "vanishing_gradients.py":  # |σ'| ≤ 1/4, so ‖∂C/∂z‖ ≤ ‖∂C/∂a‖ / 4 exactly
         sigmoid = json.loads((out / "results.json").read_text(encoding="utf-8"))["sigmoid"]
         for when in ("init", "trained"):

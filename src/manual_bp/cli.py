@@ -161,8 +161,10 @@ def _parser() -> argparse.ArgumentParser:
         "--grad",
         choices=GRADS,
         default="manual",
-        help="which backward computes the training gradients: the handwritten one, or "
-        "jax.grad of the reference network",
+        help="what computes the training gradients: the handwritten backward (manual), "
+        "jax.grad of the reference network, or a forward gradient with no backward pass, "
+        "weight-perturbed (forward; Baydin et al. 2022) or activity-perturbed "
+        "(forward-activity; after Ren et al. 2023); networks without batch norm",
     )
     train.add_argument(
         "--dataset",

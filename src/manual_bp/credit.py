@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .nn import Context, Layer, by_layer, check_params, check_state, residual, serial
+from .grad import angle, weight_angles
+from .nn import Context, Layer, check_params, check_state, residual, serial
 from .nn.core import Shape, check_context, check_input, serial_backward
 from .nn.tangents import serial_jvp
 from .rules import Rule, get_rule
@@ -403,30 +404,6 @@ def as_backprop(net: Layer) -> Layer:
     )
 
 
-def _angle(a: Any, b: Any) -> Any:
-    """The angle in degrees between two arrays seen as vectors, 2·atan2(‖â − b̂‖, ‖â + b̂‖)
-    with â = a/‖a‖ (accurate near 0° and 180°, where arccos of the cosine is not); 90° when
-    either is zero."""
-    a = jnp.ravel(a).astype(jnp.float32 if a.dtype == jnp.bfloat16 else a.dtype)
-    b = jnp.ravel(b).astype(a.dtype)
-    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
-    ok = (na > 0) & (nb > 0)
-    ua, ub = a / jnp.where(ok, na, 1), b / jnp.where(ok, nb, 1)
-    angle = 2 * jnp.arctan2(jnp.linalg.norm(ua - ub), jnp.linalg.norm(ua + ub))
-    return jnp.where(ok, jnp.degrees(angle), jnp.asarray(90.0, a.dtype))
-
-
-def _weight_grads(grads: Any) -> dict[str, Any]:
-    """Every layer's weight gradients (its ``w``-like arrays, not biases or B) by layer path
-    (layers as :func:`~manual_bp.nn.by_layer` finds them)."""
-    out = {}
-    for name, entry in by_layer(grads).items():
-        ws = [u for n, u in entry.items() if n.startswith("w") and not isinstance(u, dict)]
-        if ws:
-            out[name] = ws
-    return out
-
-
 def alignment(net: Layer, loss: Rule | str) -> Callable[..., dict[str, dict[str, Any]]]:
     """``f(params, state, x, y, key=None) -> {"deltas": {name: °}, "grads": {name: °}}``.
 
@@ -448,13 +425,7 @@ def alignment(net: Layer, loss: Rule | str) -> Callable[..., dict[str, dict[str,
         dout = loss.bwd(res, jnp.ones_like(c))[0]
         g_var, d_var, _ = net.backward(params, tape, dout)
         g_bp, d_bp, _ = twin.backward(params, tape, dout)
-        deltas = {k: _angle(d_var[k], d_bp[k]) for k in d_var}
-        wv, wb = _weight_grads(g_var), _weight_grads(g_bp)
-        grads = {
-            k: _angle(jnp.concatenate([jnp.ravel(a) for a in wv[k]]),
-                      jnp.concatenate([jnp.ravel(a) for a in wb[k]]))
-            for k in wv
-        }  # fmt: skip
-        return {"deltas": deltas, "grads": grads}
+        deltas = {k: angle(d_var[k], d_bp[k]) for k in d_var}
+        return {"deltas": deltas, "grads": weight_angles(g_var, g_bp)}
 
     return f

@@ -23,11 +23,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .grad import tangent_pass
+from .grad import tangent_pass, value_and_grad, weight_angles
 from .nn import Context, Layer
 from .rules import Rule, get_rule
 
-__all__ = ["activity_perturbed", "weight_perturbed"]
+__all__ = ["ESTIMATORS", "activity_perturbed", "alignment", "as_grad_fn", "weight_perturbed"]
 
 
 def _normal_like(key: Any, tree: Any) -> Any:
@@ -87,5 +87,73 @@ def activity_perturbed(net: Layer, loss: Rule | str) -> Callable[..., tuple[Any,
             delta = dc * box["u"]  # ĝ_z = (∇_z C·u) u
             grads[layer.name] = layer.backward(params[layer.name], t, delta)[0]
         return c, grads
+
+    return f
+
+
+ESTIMATORS: dict[str, Callable[..., Callable[..., tuple[Any, Any]]]] = {
+    "weight": weight_perturbed,
+    "activity": activity_perturbed,
+}
+"""The forward-gradient estimators by name (``manual-bp train --grad forward`` and
+``--grad forward-activity``)."""
+
+
+def _estimator(name: Any, op: str) -> Callable[..., Callable[..., tuple[Any, Any]]]:
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ValueError(f"{op}: estimator must be one of {tuple(ESTIMATORS)}, got {name!r}")
+    return ESTIMATORS[name]
+
+
+def as_grad_fn(estimator: str) -> Callable[..., Callable[..., tuple[Any, Any]]]:
+    """The estimator named ``estimator`` (a key of :data:`ESTIMATORS`) as a ``grad_fn`` of
+    :func:`manual_bp.train.fit`: ``grad_fn(net, loss, has_state=True) -> f(params, state, x, y,
+    key) -> ((C, state), ĝ)``. The network must have no state (the estimators run one
+    training-mode forward-mode pass and return no new batch statistics); its state, every
+    layer's ``{}``, passes through.
+    """
+    make = _estimator(estimator, "as_grad_fn")
+
+    def grad_fn(net: Layer, loss: Rule | str, has_state: bool = True):
+        f = make(net, loss)
+
+        def with_state(params, state, x, y, key):
+            if jax.tree.leaves(state):
+                raise TypeError(
+                    f"forward gradients ({estimator}-perturbed): network "
+                    f"{net.name or net.kind!r} has state (batch-norm statistics); the "
+                    "estimators take networks without state"
+                )
+            c, g = f(params, x, y, key)
+            return (c, state), g
+
+        if has_state:
+            return with_state
+        return f
+
+    return grad_fn
+
+
+def alignment(net: Layer, loss: Rule | str, estimator: str) -> Callable[..., dict[str, Any]]:
+    """``f(params, state, x, y, key) -> {"grads": {layer path: °}}``: for every layer with
+    weights, the angle between one draw of the estimator's ĝ (from ``key``) and the true
+    gradient ∂C/∂θ of the handwritten backward, on the same batch and dropout masks (see
+    :func:`manual_bp.grad.weight_angles`). The cosine is cos(°); a weight-perturbed estimate
+    of P weights has E[cos²] ≈ 1/(P + 2) against the gradient of the whole network.
+
+    The same record as :func:`manual_bp.credit.alignment`'s, without ``"deltas"``, so that
+    ``manual-bp train --grad forward`` plots it. Works under jit.
+    """
+    _estimator(estimator, "alignment")
+    estimate = as_grad_fn(estimator)(net, loss, has_state=True)
+    exact = value_and_grad(net, loss, has_state=True)
+
+    def f(params, state, x, y, key=None):
+        key = jax.random.key(0) if key is None else key
+        _, g_hat = estimate(params, state, x, y, key)
+        # the estimators draw dropout masks from a split of the key; the backward gets the same
+        k_net = jax.random.split(key)[1 if estimator == "weight" else 0]
+        _, g = exact(params, state, x, y, key=k_net)
+        return {"grads": weight_angles(g_hat, g)}
 
     return f

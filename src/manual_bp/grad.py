@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import prefix_errors, require_array
-from .nn import Context, Layer, check_params, check_state, has_state
+from .nn import Context, Layer, by_layer, check_params, check_state, has_state
 from .nn.core import check_input
 from .nn.tangents import require_jvp, serial_jvp
 from .rules import Rule, get_rule
@@ -19,12 +19,14 @@ from .rules.stochastic import require_key
 
 __all__ = [
     "Backprop",
+    "angle",
     "backprop",
     "hvp",
     "tangent_pass",
     "value_and_grad",
     "value_and_jvp",
     "value_grad_and_deltas",
+    "weight_angles",
 ]
 
 
@@ -268,3 +270,49 @@ def hvp(
         return jax.jvp(lambda p: grad_fn(p, x, y, key)[1], (params,), (v,))
 
     return f
+
+
+def angle(a: Any, b: Any) -> Any:
+    """The angle in degrees between two arrays seen as vectors, 2·atan2(‖â − b̂‖, ‖â + b̂‖)
+    with â = a/‖a‖ (accurate near 0° and 180°, where arccos of the cosine is not); 90° when
+    either is zero."""
+    a = jnp.ravel(a).astype(jnp.float32 if a.dtype == jnp.bfloat16 else a.dtype)
+    b = jnp.ravel(b).astype(a.dtype)
+    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    ok = (na > 0) & (nb > 0)
+    ua, ub = a / jnp.where(ok, na, 1), b / jnp.where(ok, nb, 1)
+    angle = 2 * jnp.arctan2(jnp.linalg.norm(ua - ub), jnp.linalg.norm(ua + ub))
+    return jnp.where(ok, jnp.degrees(angle), jnp.asarray(90.0, a.dtype))
+
+
+def _weight_grads(grads: Any) -> dict[str, Any]:
+    """Every layer's weight gradients (its ``w``-like arrays, not biases or B) by layer path
+    (layers as :func:`~manual_bp.nn.by_layer` finds them)."""
+    out = {}
+    for name, entry in by_layer(grads).items():
+        ws = [u for n, u in entry.items() if n.startswith("w") and not isinstance(u, dict)]
+        if ws:
+            out[name] = ws
+    return out
+
+
+def weight_angles(grads: Any, reference: Any) -> dict[str, Any]:
+    """``{layer path: °}``: for every layer with weights, the angle between its weight
+    gradients in ``grads`` and in ``reference`` (two parameter trees of one network), all of
+    the layer's ``w``-like arrays (not biases or B) as one vector. 0° is the same direction,
+    90° orthogonal (or a zero side). Works under jit.
+    """
+    mine, ref = _weight_grads(grads), _weight_grads(reference)
+    if mine.keys() != ref.keys() or any(
+        [a.shape for a in mine[k]] != [b.shape for b in ref[k]] for k in mine
+    ):
+        shapes = [{k: [a.shape for a in t[k]] for k in t} for t in (mine, ref)]
+        raise ValueError(
+            "weight_angles: grads and reference must hold the same layers' weights; got "
+            f"{shapes[0]} and {shapes[1]}"
+        )
+    return {
+        k: angle(jnp.concatenate([jnp.ravel(a) for a in mine[k]]),
+                  jnp.concatenate([jnp.ravel(a) for a in ref[k]]))
+        for k in mine
+    }  # fmt: skip

@@ -4,9 +4,10 @@
 it was written with; joins the device mesh; loads the data and builds the model; checks the
 first batch's handwritten gradients against ``jax.grad`` of the reference; then runs
 :func:`~manual_bp.train.fit`. After every epoch (:class:`EpochLog`) it records the check
-batch's per-layer norms (and, with a swapped backward, the angles to backprop's update),
-checks the gradients again every ``--verify-every`` epochs, and writes ``metrics.jsonl`` and
-``checkpoint.npz``; a Ctrl-C waits until both are in place. At the end it draws the plots.
+batch's per-layer norms (and, with a swapped backward or a forward gradient, the angles to
+backprop's update), checks the gradients again every ``--verify-every`` epochs, and writes
+``metrics.jsonl`` and ``checkpoint.npz``; a Ctrl-C waits until both are in place. At the end
+it draws the plots.
 
 A setting or a file the run cannot use raises :class:`~manual_bp.train.settings.SettingsError`
 before anything is written; the command line turns it into exit code 2 and one line.
@@ -26,6 +27,7 @@ import optax
 
 import reference
 
+from .. import forward_grad
 from .._files import remove_temporaries
 from ..credit import alignment
 from ..data import Dataset, load_dataset
@@ -40,7 +42,14 @@ from .interrupt import EXIT_INTERRUPTED, Interrupts
 from .loop import fit
 from .models import build_model
 from .report import PLOTS, layer_norms, read_metrics, write_metrics, write_plots
-from .settings import RESUME_KEYS, Settings, SettingsError, make_optimizer, recorded_config
+from .settings import (
+    FORWARD_GRADS,
+    RESUME_KEYS,
+    Settings,
+    SettingsError,
+    make_optimizer,
+    recorded_config,
+)
 
 __all__ = ["LOSS", "CheckBatch", "EpochLog", "Outputs", "Run", "Start", "train"]
 
@@ -232,7 +241,8 @@ class CheckBatch(NamedTuple):
     """The first ``--batch-size`` training examples, with dropout masks from ``--seed``: the
     gradient checks and the per-epoch norms and angles are measured on it. ``backward`` is
     the jitted handwritten gradients and deltas, ``angles`` the jitted
-    :func:`~manual_bp.credit.alignment` (``None`` for backprop)."""
+    :func:`~manual_bp.credit.alignment` of a swapped backward, or
+    :func:`~manual_bp.forward_grad.alignment` of a forward gradient (``None`` for backprop)."""
 
     net: Layer
     x: jax.Array
@@ -258,20 +268,26 @@ class CheckBatch(NamedTuple):
         return layer_norms(grads, deltas)
 
     def alignment(self, params: Any, state: Any) -> dict[str, dict[str, float]]:
-        """Per-layer angles between the swapped backward's update and backprop's."""
+        """Per-layer angles between the update trained on (a swapped backward's, or a forward
+        gradient's) and backprop's."""
         return jax.tree.map(float, self.angles(params, state, self.x, self.y, self.key))
 
 
 def _check_batch(run: Run) -> CheckBatch:
     s, net = run.settings, run.net
-    swapped = s.feedback != "backprop"
+    if s.grad in FORWARD_GRADS:  # the angle of one estimate to the true gradient
+        angles = jax.jit(forward_grad.alignment(net, LOSS, FORWARD_GRADS[s.grad]))
+    elif s.feedback != "backprop":  # the angle of the swapped backward's update to backprop's
+        angles = jax.jit(alignment(net, LOSS))
+    else:
+        angles = None
     return CheckBatch(
         net,
         jnp.asarray(run.data.x_train[: s.batch_size]),
         jnp.asarray(run.data.y_train[: s.batch_size]),
         jax.random.key(s.seed),
         jax.jit(value_grad_and_deltas(net, LOSS, has_state=True)),
-        jax.jit(alignment(net, LOSS)) if swapped else None,
+        angles,
     )
 
 
@@ -387,6 +403,10 @@ def _fit(run: Run, start: Start, log: EpochLog) -> int | None:
     """Train from ``start`` to ``--epochs``; None when done, else the exit code of a run
     stopped by a non-finite step or a Ctrl-C."""
     manual = run.settings.grad == "manual"
+    if run.settings.grad in FORWARD_GRADS:
+        grad_fn = forward_grad.as_grad_fn(FORWARD_GRADS[run.settings.grad])
+    else:
+        grad_fn = value_and_grad if manual else reference.value_and_grad
     try:
         with log.interrupts.installed():
             fit(
@@ -398,7 +418,7 @@ def _fit(run: Run, start: Start, log: EpochLog) -> int | None:
                 epochs=run.settings.epochs,
                 batch_size=run.settings.batch_size,
                 key=start.key,
-                grad_fn=value_and_grad if manual else reference.value_and_grad,
+                grad_fn=grad_fn,
                 callback=log.record,
                 opt_state=start.opt_state,
                 start_epoch=start.epoch,

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import optax
 
 __all__ = [
+    "FORWARD_GRADS",
     "GRADS",
     "OPTIMIZERS",
     "RESUME_KEYS",
@@ -22,8 +23,14 @@ __all__ = [
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 """``--optimizer``: plain SGD, SGD with momentum 0.9, Adam, AdamW."""
 
-GRADS = ("manual", "reference")
-"""``--grad``: the handwritten backward, or ``jax.grad`` of the reference network."""
+GRADS = ("manual", "reference", "forward", "forward-activity")
+"""``--grad``: the handwritten backward, ``jax.grad`` of the reference network, or a forward
+gradient from the handwritten forward mode with no backward pass (weight-perturbed, or
+activity-perturbed; :mod:`manual_bp.forward_grad`)."""
+
+FORWARD_GRADS = {"forward": "weight", "forward-activity": "activity"}
+"""The ``--grad`` choices that train on a forward gradient, and their estimator
+(:data:`manual_bp.forward_grad.ESTIMATORS`)."""
 
 RESUME_KEYS = (
     "model",
