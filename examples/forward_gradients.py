@@ -145,7 +145,8 @@ def plot(results: dict[str, dict[str, Any]], layers: list[str], out: Path) -> No
             for e in ESTIMATORS:
                 values = results[ds]["backprop"]["cosines"][e][layer]
                 ax.plot(values, label=f"{e}-perturbed", color=COLORS[e])
-            ax.set(title=f"{ds}: {layer}, cos(ĝ, ∇C)", xlabel="epoch (backprop run)", yscale="log")
+            ax.axhline(0.0, color="grey", lw=1)
+            ax.set(title=f"{ds}: {layer}, mean cos(ĝ, ∇C)", xlabel="epoch (backprop run)")
             ax.grid(alpha=0.3)
             ax.legend()
     fig.tight_layout()
