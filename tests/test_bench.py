@@ -6,6 +6,7 @@ is read from the benchmark tables, never asserted."""
 import ast
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,10 @@ def test_json_structure(report):
     assert _positive(results["ceiling"]["gflops"])
     assert list(results["models"]) == list(MODELS)
     for r in results["models"].values():
-        assert set(r["step"]) == {"manual", "reference", "manual_scan", "reference_scan"}
+        expected = {"manual", "reference", "manual_scan", "reference_scan"}
+        if not r["stateful"]:  # forward mode, for the networks without state
+            expected |= {"manual_jvp", "reference_jvp", "forward_grad"}
+        assert set(r["step"]) == expected
         for s in r["step"].values():
             assert s["repeats"] == 1
             for k in ("median_s", "q1_s", "q3_s", "min_s", "max_s", "steps_per_s", "gflops"):
@@ -120,6 +124,13 @@ def test_json_structure(report):
         assert r["ratios"]["scan_over_loop"] == pytest.approx(
             step["manual_scan"]["median_s"] / step["manual"]["median_s"]
         )
+        if not r["stateful"]:
+            assert r["ratios"]["manual_jvp_over_reference_jvp"] == pytest.approx(
+                step["manual_jvp"]["median_s"] / step["reference_jvp"]["median_s"]
+            )
+            assert r["ratios"]["forward_grad_over_manual"] == pytest.approx(
+                step["forward_grad"]["median_s"] / step["manual"]["median_s"]
+            )
         assert step["manual"]["gflops"] == pytest.approx(
             r["step_flops"] / step["manual"]["median_s"] / 1e9
         )
@@ -147,6 +158,15 @@ def test_markdown_table(report):
     assert "| model | manual (jit) | jax.grad (jit) | manual / jax.grad |" in md
     assert "| target | goal | measured | met |" in md
     assert results["config"]["command"] in md
-    for r in results["models"].values():
+    for name, r in results["models"].items():
         assert f"| {r['title']} |" in md
         assert f"**{r['ratios']['manual_over_reference']:.2f}**" in md
+        if not r["stateful"]:
+            q = r["ratios"]
+            assert re.search(
+                rf"^\| {name} \| .* \| \*\*{q['manual_jvp_over_reference_jvp']:.2f}\*\* \| "
+                rf".* \| {q['forward_grad_over_manual']:.2f} \|$",
+                md,
+                flags=re.M,
+            ), name
+    assert "| model | value_and_jvp (jit) | jax.jvp of the reference (jit) | ratio |" in md

@@ -6,7 +6,10 @@ training step — forward, backward and an SGD update — on the same model, bat
 dtype. Variants are measured interleaved (in a fresh random order every repeat, so drift in
 the machine's load hits all of them), after a warm-up, and reported as the median and
 interquartile range of the per-step time over the repeats. Ratios are computed from the
-medians. Nothing here is a test: speed is read from the tables.
+medians. For the networks without state, forward mode too: (C, ∇C·v) from
+:func:`manual_bp.value_and_jvp` against ``jax.jvp`` of the reference loss, and a training step
+on a weight-perturbed forward gradient against the backprop step. Nothing here is a test:
+speed is read from the tables.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import optax
 from .baselines import best_torch, blas_limit, numpy_runner, torch_runners
 from .models import Case, build_cases
 from .options import DEFAULT_OUT, MODELS
-from .steps import LR, compile_report, loop_runner, make_step, scan_runner
+from .steps import LR, compile_report, jvp_runner, loop_runner, make_step, scan_runner
 from .tables import to_markdown, write_results
 from .tape import tape_report
 from .timing import Runner, matmul_ceiling, matmul_runner, measure_interleaved
@@ -77,6 +80,12 @@ def bench_model(case: Case, cfg: argparse.Namespace) -> dict[str, Any]:
         "manual": loop_runner(steps["manual"], carry, batch),
         "reference": loop_runner(steps["reference"], carry, batch),
     }
+    if not case.stateful:  # forward mode: (C, ∇C·v), and a training step on a forward gradient
+        runners["manual_jvp"] = jvp_runner(case, "manual", params, batch)
+        runners["reference_jvp"] = jvp_runner(case, "reference", params, batch)
+        runners["forward_grad"] = loop_runner(
+            make_step(case, "forward_grad", optimizer), carry, batch
+        )
     epoch_steps = cfg.epoch_steps
     batches = case.batch(k_epoch, dtype, steps=epoch_steps)
     runners["manual_scan"] = scan_runner(steps["manual"], carry, batches, epoch_steps)
@@ -110,6 +119,9 @@ def bench_model(case: Case, cfg: argparse.Namespace) -> dict[str, Any]:
     ratios = {"manual_over_reference": med["manual"] / med["reference"]}
     ratios["scan_over_loop"] = med["manual_scan"] / med["manual"]
     ratios["manual_scan_over_reference_scan"] = med["manual_scan"] / med["reference_scan"]
+    if "manual_jvp" in med:
+        ratios["manual_jvp_over_reference_jvp"] = med["manual_jvp"] / med["reference_jvp"]
+        ratios["forward_grad_over_manual"] = med["forward_grad"] / med["manual"]
     for other in ("torch_eager", "torch_compile", "numpy"):
         if other in med:
             ratios[f"manual_over_{other}"] = med["manual"] / med[other]

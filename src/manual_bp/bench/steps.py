@@ -3,7 +3,10 @@ Python loop of jitted steps or as jitted ``lax.scan`` epochs; and their compile 
 memory figures.
 
 ``kind`` is ``"manual"`` (:func:`manual_bp.value_and_grad`, the handwritten backward) or
-``"reference"`` (``jax.grad`` of the independent reference network).
+``"reference"`` (``jax.grad`` of the independent reference network), or, for a network without
+state, ``"forward_grad"`` (:func:`manual_bp.forward_grad.weight_perturbed`: one forward-mode
+pass and no backward). :func:`jvp_runner` times the loss and its directional derivative,
+:func:`manual_bp.value_and_jvp` against ``jax.jvp`` of the reference loss.
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ from jax import lax
 
 import reference
 
-from ..grad import value_and_grad
+from .. import forward_grad
+from ..grad import value_and_grad, value_and_jvp
 from .models import LOSS, Case
 from .timing import Runner
 
-__all__ = ["LR", "compile_report", "loop_runner", "make_step", "scan_runner"]
+__all__ = ["LR", "compile_report", "jvp_runner", "loop_runner", "make_step", "scan_runner"]
 
 LR = 0.01
 """The SGD learning rate of every variant."""
 
 
 def _grad_fn(case: Case, kind: str) -> Callable[..., Any]:
+    if kind == "forward_grad":
+        estimate = forward_grad.weight_perturbed(case.net, LOSS)
+        key = jax.random.key(1)  # one fixed draw: the time does not depend on its values
+        return lambda params, x, y: estimate(params, x, y, key)
     make = value_and_grad if kind == "manual" else reference.value_and_grad
     return make(case.net, LOSS, has_state=case.stateful)
 
@@ -38,7 +46,8 @@ def make_step(
     case: Case, kind: str, optimizer: optax.GradientTransformation
 ) -> Callable[[Any, Any], tuple[Any, Any]]:
     """``step(carry, batch) -> (carry, loss)`` with ``carry = (params, opt_state, state)``:
-    forward, the backward of ``kind`` ("manual" or "reference") and an optax update."""
+    forward, the backward of ``kind`` ("manual" or "reference"; "forward_grad": a forward-mode
+    pass instead) and an optax update."""
     f = _grad_fn(case, kind)
     stateful = case.stateful
 
@@ -91,6 +100,30 @@ def scan_runner(step: Callable[..., Any], carry: Any, batches: Any, steps: int) 
         jax.block_until_ready(losses)
         box[0] = carry
         return k * steps
+
+    return run
+
+
+def jvp_runner(case: Case, kind: str, params: Any, batch: Any) -> Runner:
+    """(C, ∇C·v) along a fixed tangent v of the parameters, jitted: ``"manual"`` runs every
+    layer's handwritten jvp (:func:`manual_bp.value_and_jvp`), ``"reference"`` is ``jax.jvp``
+    of the reference loss. A network without state."""
+    x, y = batch
+    v = jax.tree.map(jnp.ones_like, params)
+    if kind == "manual":
+        f = jax.jit(lambda p, x, y: value_and_jvp(case.net, LOSS)(p, x, y, v))
+    else:
+
+        def loss(p, x, y):
+            return reference.FORWARD[LOSS](reference.forward(case.net, p, x, train=True), y)
+
+        f = jax.jit(lambda p, x, y: jax.jvp(lambda q: loss(q, x, y), (p,), (v,)))
+
+    def run(k: int) -> int:
+        for _ in range(k):
+            out = f(params, x, y)
+        jax.block_until_ready(out)
+        return k
 
     return run
 

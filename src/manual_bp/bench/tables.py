@@ -78,6 +78,21 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"/ {_kib(t['vjp']['distinct_bytes'] - t['vjp']['param_bytes'])} "
             f"| {t['activation_ratio']:.2f} |"
         )
+    forward = {n: r for n, r in results["models"].items() if "manual_jvp" in r["step"]}
+    if forward:
+        lines += [
+            "",
+            "| model | value_and_jvp (jit) | jax.jvp of the reference (jit) | ratio "
+            "| forward-gradient step (weight-perturbed) | backprop step (manual) | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in forward.items():
+            s, q = r["step"], r["ratios"]
+            lines.append(
+                f"| {name} | {_ms(s['manual_jvp'])} | {_ms(s['reference_jvp'])} "
+                f"| **{q['manual_jvp_over_reference_jvp']:.2f}** | {_ms(s['forward_grad'])} "
+                f"| {_ms(s['manual'])} | {q['forward_grad_over_manual']:.2f} |"
+            )
     skipped = {
         r.get("torch", {}).get("skipped") or r.get("torch", {}).get("compile_error")
         for r in results["models"].values()
