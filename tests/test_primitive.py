@@ -79,7 +79,6 @@ ALL = (
     "out", "jvp", "linearize", "jacfwd", "jacrev", "grad", "hessian", "hvp_fwd_over_rev",
     "hvp_rev_over_rev", "vmap_grad", "vmap_jvp", "scan_grad",
 )  # fmt: skip
-SECOND_ORDER = ("hessian", "hvp_fwd_over_rev", "hvp_rev_over_rev")
 
 
 def _case(row, seed=0):
@@ -119,12 +118,6 @@ def _check_row(row, keys):
     return [b for k in keys for b in _compare_trees({k: got[k]}, {k: want[k]}, "the reference")]
 
 
-# Rules whose own Python code JAX cannot differentiate a second time correctly (flash
-# attention's backward reads a stop_gradient-ed logsumexp residual): as_custom_vjp agrees
-# with the primitive there, and both differ from the reference at second order.
-SECOND_ORDER_OPEN = {"flash_attention"}
-
-
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in FIRST.values()])
 def test_every_rule_first_order(row):
     """jax.jvp, jax.grad and vmap(grad) of the primitive equal the reference's, every rule."""
@@ -146,10 +139,7 @@ def test_every_rule_first_order(row):
 def test_every_transformation_matches_the_reference(row):
     """All twelve transformations (second order included): the FULL rules by default, every
     row of the table in the slow sweep."""
-    keys = ALL
-    if row.rule in SECOND_ORDER_OPEN:
-        keys = tuple(k for k in ALL if k not in SECOND_ORDER)
-    bad = _check_row(row, keys)
+    bad = _check_row(row, ALL)
     assert not bad, f"{row.id}: " + "; ".join(bad)
 
 

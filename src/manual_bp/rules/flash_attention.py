@@ -161,7 +161,7 @@ def _flash_fwd(x, wq, wk, wv, wo, bq, bk, bv, bo, mask, *, num_heads, causal=Fal
     lse = jnp.where(live, lax.stop_gradient(m) + jnp.log(safe_l), 0)
     c = jnp.reshape(jnp.transpose(ch, (0, 2, 1, 3)), (n, t, d))
     y = jnp.einsum("ntd,do->nto", c, wo) + jnp.reshape(bo, (1, 1, d))
-    res = FlashAttentionResiduals(x, q, k, v, c, lax.stop_gradient(lse), keys, wq, wk, wv, wo)
+    res = FlashAttentionResiduals(x, q, k, v, c, lse, keys, wq, wk, wv, wo)
     return y.astype(dtype), res
 
 
