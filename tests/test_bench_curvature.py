@@ -8,7 +8,13 @@ import math
 import jax
 import pytest
 
-from manual_bp.bench.curvature import curvature_cases, curvature_markdown, main, quantities
+from manual_bp.bench.curvature import (
+    KFAC_JAX_MODES,
+    curvature_cases,
+    curvature_markdown,
+    main,
+    quantities,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,11 @@ def test_every_quantity_of_an_mlp_is_measured(report):
         assert row["median_s"] > 0 and math.isfinite(row["over_gradient"]), name
         assert row["compile_s"] > 0, name
     assert rows["gradient"]["over_gradient"] == 1.0
-    assert results["models"]["tiny_mlp"]["skipped"] == {}
+    skipped = results["models"]["tiny_mlp"]["skipped"]
+    for name in KFAC_JAX_MODES:  # measured with kfac-jax installed, else skipped saying so
+        assert (name in rows) != (name in skipped)
+        assert name in rows or "kfac-jax is not installed" in skipped[name]
+    assert set(skipped) <= set(KFAC_JAX_MODES)
     for name in expected - {"gradient"}:
         assert f"| {name} | " in text
     assert text == curvature_markdown(results)
@@ -56,6 +66,8 @@ def test_what_does_not_apply_is_skipped_with_the_reason():
     for name in ("KFLR factors", "KFAC factors, MC-1"):
         assert name not in fns and "batch statistics" in skipped[name]
     assert "K-FAC step (inverses every step)" not in fns
+    for name in KFAC_JAX_MODES:
+        assert name not in fns and skipped[name] == "batch norm"
 
 
 def test_unknown_model_is_named():

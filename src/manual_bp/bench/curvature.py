@@ -14,7 +14,14 @@ multiple of the gradient's median, with its compile time:
 * ``kfac_factors`` KFLR (exact) and KFAC (one sample), expand setting, for the layers that have
   Kronecker factors;
 * one K-FAC optimizer step (factors, moving averages, inverses every step: the upper bound) and
-  one Adam step, both including the gradient.
+  one Adam step, both including the gradient;
+* with kfac-jax installed (the ``kfac`` extra), its factor computation on the same model (the
+  reference network, whose Dense and Conv2D layers kfac-jax finds by pattern matching): one
+  ``update_curvature_matrix_estimate`` in its ``ggn_exact`` (KFLR) and ``fisher_gradients``
+  (KFAC, one sample) modes, for the models whose weighted layers are all Dense or Conv2D. The
+  run records how far kfac-jax's exact factors are from ``kfac_factors``' KFLR factors (their
+  Kronecker products, fitted with one scale per layer: kfac-jax divides a convolution's factors
+  by its P output positions where :func:`~manual_bp.curvature.kfac_factors` does not).
 
 L is the number of output positions per example, C the number of factor columns (K classes for
 the exact quantities, 1 sample for the Monte-Carlo ones). Quantities whose L·C batch passes
@@ -38,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import reference
+
 from .. import curvature, nn
 from .._files import atomic_write
 from ..grad import hvp, value_and_grad
@@ -46,10 +55,12 @@ from .timing import Runner, measure_interleaved
 
 __all__ = [
     "CURVATURE_MODELS",
+    "KFAC_JAX_MODES",
     "MAX_COLUMNS",
     "MEMORY_BUDGET",
     "curvature_cases",
     "curvature_markdown",
+    "kfac_jax_agreement",
     "main",
     "measure_model",
     "quantities",
@@ -213,7 +224,96 @@ def quantities(
             return optax.apply_updates(prm, updates), new
 
     fns["Adam step"] = adam_step
+
+    for label, mode in KFAC_JAX_MODES.items():
+        if not plain or not kinds <= {"dense", "conv2d"}:
+            skipped[label] = "layers other than Dense and Conv2D" if plain else "batch norm"
+            continue
+        kfac_jax = _kfac_jax()
+        if kfac_jax is None:
+            skipped[label] = "kfac-jax is not installed (pip install 'manual_bp[kfac]')"
+            continue
+        fns[label] = _kfac_jax_update(kfac_jax, case, params, mode)
     return fns, skipped
+
+
+KFAC_JAX_MODES = {
+    "kfac-jax KFLR factors": "ggn_exact",
+    "kfac-jax KFAC factors, MC-1": "fisher_gradients",
+}
+"""kfac-jax's estimation modes timed against ``kfac_factors``' kinds (``kflr``, ``kfac``)."""
+
+
+def _kfac_jax() -> Any:
+    """kfac-jax, or None. Its release 0.0.8 reads ``Primitive.get_bind_params`` as a pair
+    (sub-functions, parameters); JAX 0.10 returns the parameters alone, so its one function that
+    reads it is given a version that takes either."""
+    try:
+        import jax.extend as jex
+        import kfac_jax
+        from kfac_jax._src import tag_graph_matcher
+    except ImportError:
+        return None
+
+    def eval_jaxpr_eqn(eqn: Any, in_values: list[Any]) -> list[Any]:
+        bind = eqn.primitive.get_bind_params(eqn.params)
+        subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
+        with jex.source_info_util.user_context(eqn.source_info.traceback):
+            out = eqn.primitive.bind(*subfuns, *in_values, **params)
+        return out if isinstance(out, list) else [out]
+
+    tag_graph_matcher.eval_jaxpr_eqn = eval_jaxpr_eqn
+    return kfac_jax
+
+
+def _kfac_jax_estimator(kfac_jax: Any, case: Case, mode: str) -> Any:
+    def loss(prm, batch):
+        x, y = batch
+        logits = reference.forward(case.net, prm, x)
+        kfac_jax.register_softmax_cross_entropy_loss(logits, y)
+        return reference.FORWARD[LOSS](logits, y)
+
+    return kfac_jax.BlockDiagonalCurvature(func=loss, default_estimation_mode=mode)
+
+
+def _kfac_jax_update(kfac_jax: Any, case: Case, params: Any, mode: str) -> Callable[..., Any]:
+    """One factor estimate by kfac-jax from a fresh state (no moving average, no inverse)."""
+    estimator = _kfac_jax_estimator(kfac_jax, case, mode)
+    x, y = case.batch(jax.random.key(0))
+    state0 = estimator.init(jax.random.key(0), (params, (x, y)), None, None)
+    n = case.x_shape[0]
+
+    def f(prm, x, y, key):
+        return estimator.update_curvature_matrix_estimate(
+            state0, 0.0, 1.0, 0.0, n, key, (prm, (x, y))
+        )
+
+    return f
+
+
+def kfac_jax_agreement(case: Case, params: Any, x: Any, y: Any) -> float | None:
+    """The largest relative difference, over the layers, between kron(A, G) of kfac-jax's
+    ``ggn_exact`` factors and of ``kfac_factors(kind="kflr")``, each layer's pair fitted with
+    one scale; None without kfac-jax."""
+    kfac_jax = _kfac_jax()
+    if kfac_jax is None:
+        return None
+    estimator = _kfac_jax_estimator(kfac_jax, case, "ggn_exact")
+    key = jax.random.key(0)
+    state = estimator.init(key, (params, (x, y)), None, None)
+    state = estimator.update_curvature_matrix_estimate(
+        state, 0.0, 1.0, 0.0, x.shape[0], key, (params, (x, y))
+    )
+    theirs = [[np.asarray(f.value) for f in b.factors] for b in state.blocks_states]
+    ours = curvature.kfac_factors(case.net, LOSS, kind="kflr")(params, x, y)
+    worst = 0.0
+    for k in ours.values():  # both in forward order
+        a, g = next(t for t in theirs if (t[0].shape, t[1].shape) == (k.a.shape, k.g.shape))
+        theirs.remove([a, g])
+        t, o = np.kron(a, g), np.kron(np.asarray(k.a), np.asarray(k.g))
+        scale = np.vdot(t, o) / np.vdot(o, o)
+        worst = max(worst, float(np.linalg.norm(t - scale * o) / np.linalg.norm(t)))
+    return worst
 
 
 def _runner(fn: Callable[..., Any], args: tuple[Any, ...]) -> Runner:
@@ -255,8 +355,12 @@ def measure_model(case: Case, repeats: int, block_s: float) -> dict[str, Any]:
         }
         for name, s in times.items()
     }
+    agreement = None
+    if any(name in fns for name in KFAC_JAX_MODES):
+        agreement = kfac_jax_agreement(case, params, x, y)
     return {
         "title": case.title,
+        "kfac_jax_kflr_relative_difference": agreement,
         "positions": _positions(case),
         "classes": case.num_classes,
         "parameters": sum(int(a.size) for a in jax.tree.leaves(params)),
@@ -290,9 +394,12 @@ def curvature_markdown(results: dict[str, Any]) -> str:
                 cells.append("—")
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [
-        f"* **{m}**: {r['title']}, {r['parameters']:,} parameters." for m, r in models.items()
-    ]
+    for m, r in models.items():
+        line = f"* **{m}**: {r['title']}, {r['parameters']:,} parameters"
+        if r.get("kfac_jax_kflr_relative_difference") is not None:
+            diff = r["kfac_jax_kflr_relative_difference"]
+            line += f"; kfac-jax's exact factors against KFLR: relative difference {diff:.1e}"
+        lines.append(line + ".")
     for m, r in models.items():
         for q, why in r["skipped"].items():
             if q.endswith("layers without factors"):
