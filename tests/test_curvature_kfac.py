@@ -24,31 +24,35 @@ F64 = jnp.float64
 NET_TOL = tolerance_for(F64, "network")
 
 
-def ggn_block(net, loss, params, x, y, path):
-    """The exact GGN block of vec([W; b]) of the layer at ``path`` (row-major, bias last)."""
+def ggn_block(net, loss, params, x, y, path, w="w", b="b"):
+    """The exact GGN block of vec([W; b]) of weight ``w`` (and its bias ``b``, where the layer
+    has it) of the layer at ``path`` (row-major, bias last)."""
     out = reference.forward(net, params, x)
     m = out.size
     hess = jax.hessian(lambda o: reference.FORWARD[loss](o, y))(out).reshape(m, m)
-    keys = path.split("/")
-
-    def fwd(w, b):
-        p = jax.tree.map(lambda v: v, params)
-        leaf = p
-        for k in keys:
-            leaf = leaf[k]
-        leaf["w"] = w
-        if b is not None:
-            leaf["b"] = b
-        return reference.forward(net, p, x)
-
+    keys = path.split("/") if path else []
     leaf = params
     for k in keys:
         leaf = leaf[k]
-    w, b = leaf["w"], leaf.get("b")
-    jw, jb = jax.jacobian(fwd, argnums=(0, 1))(w, b) if b is not None else (None, None)
-    o = w.shape[-1]
-    jw = jnp.reshape(jw, (m, -1, o))
-    joint = jnp.concatenate([jw, jnp.reshape(jb, (m, 1, o))], axis=1).reshape(m, -1)
+    with_bias = b in leaf
+
+    def fwd(wv, bv):
+        p = jax.tree.map(lambda v: v, params)
+        entry = p
+        for k in keys:
+            entry = entry[k]
+        entry[w] = wv
+        if with_bias:
+            entry[b] = bv
+        return reference.forward(net, p, x)
+
+    bias = leaf[b] if with_bias else jnp.zeros((leaf[w].shape[-1],), leaf[w].dtype)
+    jw, jb = jax.jacobian(fwd, argnums=(0, 1))(leaf[w], bias)
+    o = leaf[w].shape[-1]
+    joint = jnp.reshape(jw, (m, -1, o))
+    if with_bias:
+        joint = jnp.concatenate([joint, jnp.reshape(jb, (m, 1, o))], axis=1)
+    joint = jnp.reshape(joint, (m, -1))
     return joint.T @ hess @ joint
 
 

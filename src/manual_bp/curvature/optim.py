@@ -8,15 +8,18 @@ takes the batch: ``update(grads, state, params, *, x, y, key)``. It is an
     state = opt.init(params)
     updates, state = opt.update(grads, state, params, x=x, y=y, key=key)
 
-What it does, per Dense and Conv2D layer (``W̃ = [W; b]``, the gradient Ĝ of W̃ as an
-(I', O) matrix): the factors of the batch (:func:`~manual_bp.curvature.kfac_factors`) enter
+What it does, per weight with Kronecker factors (:data:`~manual_bp.curvature.WEIGHTS`: the
+weight of a Dense or Conv2D layer, w_x and w_h of an RNN, LSTM or GRU, W_q, W_k, W_v and W_o of
+MultiHeadAttention; ``W̃ = [W; b]`` with its bias, the gradient Ĝ of W̃ as an (I', O)
+matrix): the factors of the batch (:func:`~manual_bp.curvature.kfac_factors`) enter
 exponential moving averages Ā ← ρ Ā + (1 − ρ) A, Ḡ ← ρ Ḡ + (1 − ρ) G (ρ = ``decay``; the
 first step takes the batch's factors); every ``inverse_every`` steps the damped inverses
 (Ā + √λ I)⁻¹ and (Ḡ + √λ I)⁻¹ are recomputed (λ = ``damping``); the update is
 (Ā + √λ I)⁻¹ Ĝ (Ḡ + √λ I)⁻¹, the inverse of the damped Kronecker product applied to the
-gradient. Parameters of other layers pass through unchanged. Cost per step: the factors (L·C
-backward passes, see :mod:`~manual_bp.curvature.kronecker`) plus O(I'³ + O³) per layer every
-``inverse_every`` steps.
+gradient. Parameters of other layers, and the recurrent layers' learned initial states h0
+(c0), pass through unchanged. Cost per step: the factors (L·C backward passes, see
+:mod:`~manual_bp.curvature.kronecker`) plus O(I'³ + O³) per weight every ``inverse_every``
+steps.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from jax import lax
 from .._checks import require_positive_int
 from ..nn import Layer
 from ..rules import Rule
-from .kronecker import kfac_factors
+from .kronecker import WEIGHTS, Kronecker, kfac_factors
 
 __all__ = ["KfacState", "kfac"]
 
 
 class KfacState(NamedTuple):
-    """The step count, the factors' moving averages and their damped inverses, by layer path
-    (each a :class:`~manual_bp.curvature.Kronecker`-shaped pair ``(a, g)``)."""
+    """The step count, the factors' moving averages and their damped inverses, in the layout
+    of :func:`~manual_bp.curvature.kfac_factors`' result: by layer path, a pair ``(a, g)``
+    for a Dense or Conv2D layer and ``{weight: (a, g)}`` for a layer with several weights."""
 
     count: Any
     factors: Any
@@ -61,27 +65,45 @@ def _replace(tree: Any, path: str, value: Any) -> Any:
     return out
 
 
-def _weighted(layer: Layer, path: str) -> list[str]:
-    """Paths of the Dense and Conv2D layers inside serial and residual combinators."""
+class _Block(NamedTuple):
+    """One weight with Kronecker factors: its layer's path, the weight's and its bias's
+    names (the bias "" for none), and whether the layer has several such weights."""
+
+    path: str
+    w: str
+    b: str
+    nested: bool
+
+
+def _blocks(layer: Layer, path: str) -> list[_Block]:
+    """The weights with Kronecker factors inside serial and residual combinators."""
     if layer.kind in ("serial", "residual"):
         out = []
         for child in layer.children:
-            out += _weighted(child, f"{path}/{child.name}" if path else child.name)
+            out += _blocks(child, f"{path}/{child.name}" if path else child.name)
         return out
-    return [path] if layer.kind in ("dense", "conv2d") else []
+    weights = WEIGHTS.get(layer.kind, {})
+    return [_Block(path, w, b, len(weights) > 1) for w, b in weights.items()]
 
 
-def _matrix(g: Mapping[str, Any]) -> Any:
-    w = jnp.reshape(g["w"], (-1, g["w"].shape[-1]))
-    return jnp.concatenate([w, g["b"][None]], axis=0) if "b" in g else w
+def _pick(tree: Any, block: _Block) -> Any:
+    """The block's entry of a tree laid out as kfac_factors' result."""
+    entry = tree[block.path]
+    return entry[block.w] if block.nested else entry
 
 
-def _unmatrix(m: Any, g: Mapping[str, Any]) -> dict[str, Any]:
+def _matrix(g: Mapping[str, Any], w: str, b: str) -> Any:
+    """[W; b] as an (I', O) matrix (the bias row only where the layer has the bias)."""
+    m = jnp.reshape(g[w], (-1, g[w].shape[-1]))
+    return jnp.concatenate([m, g[b][None]], axis=0) if b in g else m
+
+
+def _unmatrix(m: Any, g: Mapping[str, Any], w: str, b: str) -> dict[str, Any]:
     out = dict(g)
-    rows = m[:-1] if "b" in g else m
-    out["w"] = jnp.reshape(rows, g["w"].shape)
-    if "b" in g:
-        out["b"] = m[-1]
+    with_bias = b in g
+    out[w] = jnp.reshape(m[:-1] if with_bias else m, g[w].shape)
+    if with_bias:
+        out[b] = m[-1]
     return out
 
 
@@ -111,17 +133,23 @@ def kfac(
     factors_fn = kfac_factors(net, loss, kind=kind, setting=setting, mc_samples=mc_samples)
     shift = float(damping) ** 0.5
 
+    blocks = _blocks(net, "")
+
     def inverses(factors):
         def inv(m):
             return jnp.linalg.inv(m + shift * jnp.eye(m.shape[0], dtype=m.dtype))
 
-        return {p: (inv(a), inv(g)) for p, (a, g) in factors.items()}
+        return jax.tree.map(inv, factors)
 
     def init(params):
         eye = {}
-        for path in _weighted(net, ""):
-            m = _matrix(_entry(params, path))
-            eye[path] = (jnp.eye(m.shape[0], dtype=m.dtype), jnp.eye(m.shape[1], dtype=m.dtype))
+        for blk in blocks:
+            m = _matrix(_entry(params, blk.path), blk.w, blk.b)
+            pair = (jnp.eye(m.shape[0], dtype=m.dtype), jnp.eye(m.shape[1], dtype=m.dtype))
+            if blk.nested:
+                eye.setdefault(blk.path, {})[blk.w] = pair
+            else:
+                eye[blk.path] = pair
         return KfacState(jnp.zeros((), jnp.int32), eye, eye)
 
     def update(updates, state, params=None, *, x=None, y=None, key=None, **extra):
@@ -131,15 +159,21 @@ def kfac(
                 f"{op}: update needs params and the batch: update(grads, state, params, "
                 "x=x, y=y, key=key)"
             )
-        batch = {p: (k.a, k.g) for p, k in factors_fn(params, x, y, key).items()}
+        batch = jax.tree.map(
+            lambda k: (k.a, k.g),
+            factors_fn(params, x, y, key),
+            is_leaf=lambda v: isinstance(v, Kronecker),
+        )
         rho = jnp.where(state.count == 0, 0.0, decay)  # the first step takes the batch's
         factors = jax.tree.map(lambda m, b: rho * m + (1 - rho) * b, state.factors, batch)
         inv = lax.cond(
             state.count % inverse_every == 0, inverses, lambda f: state.inverses, factors
         )
-        for path, (a_inv, g_inv) in inv.items():
-            g = _entry(updates, path)
-            updates = _replace(updates, path, _unmatrix(a_inv @ _matrix(g) @ g_inv, g))
+        for blk in blocks:
+            a_inv, g_inv = _pick(inv, blk)
+            g = _entry(updates, blk.path)
+            m = a_inv @ _matrix(g, blk.w, blk.b) @ g_inv
+            updates = _replace(updates, blk.path, _unmatrix(m, g, blk.w, blk.b))
         return updates, KfacState(state.count + 1, factors, inv)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -36,7 +36,12 @@ from .._checks import (
 )
 from .contract import register
 
-__all__ = ["AttentionResiduals", "multi_head_attention"]
+__all__ = [
+    "AttentionDeltas",
+    "AttentionResiduals",
+    "attention_projection_deltas",
+    "multi_head_attention",
+]
 
 _OP = "multi_head_attention"
 
@@ -155,15 +160,26 @@ def projection_cotangents(res, g, dq, dk, dv, dtype):
     return (*(a.astype(dtype) for a in cts), None)
 
 
-def _mha_bwd(res, g, *, num_heads, causal=False):
-    """dz = p ⊙ (dp − Σ_s p dp) with dp = dc vᵀ;  dx = dq W_qᵀ + dk W_kᵀ + dv W_vᵀ (three paths).
+class AttentionDeltas(NamedTuple):
+    """The per-position deltas of the four projections and the inputs they multiply, in the
+    residuals' (widened) dtype: ``x`` (N, T, D), the input of W_q, W_k and W_v; ``dq``,
+    ``dk``, ``dv`` (N, T, D), the cotangents of q, k, v = x W_· + b_· before the head split;
+    ``c`` (N, T, D), the context W_o multiplies, and ``g`` (N, T, D), the cotangent of
+    y = c W_o + b_o. So ∂C/∂W_q = Σ_{n,t} x_t dq_tᵀ, ..., ∂C/∂W_o = Σ_{n,t} c_t g_tᵀ."""
 
-    In full: dW_o = cᵀ g, db_o = Σ g, dc = g W_oᵀ; dv = pᵀ dc; dq = dz k / √E; dk = dzᵀ q / √E;
-    dW_· = xᵀ d· for · in q, k, v; db_q = Σ dq, db_v = Σ dv, and db_k = 0 (a shift of b_k moves
-    all of a query's scores together, and softmax ignores it). The mask gets ``None``.
+    x: Any
+    dq: Any
+    dk: Any
+    dv: Any
+    c: Any
+    g: Any
+
+
+def attention_projection_deltas(res: AttentionResiduals, g: Any) -> AttentionDeltas:
+    """The backward of :func:`multi_head_attention` down to its projections, for the
+    cotangent g (N, T, D) of y: dc = g W_oᵀ; dv = pᵀ dc; dp = dc vᵀ;
+    dz = p ⊙ (dp − Σ_s p dp) / √E; dq = dz k; dk = dzᵀ q (heads merged back, n t h e -> n t d).
     """
-    del num_heads, causal
-    dtype = g.dtype
     (g,) = widen(g)
     n, t, h, e = res.q.shape
     p = res.p
@@ -173,7 +189,23 @@ def _mha_bwd(res, g, *, num_heads, causal=False):
     dz = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True)) * (1.0 / math.sqrt(e))
     dq = jnp.einsum("nhts,nshe->nthe", dz, res.k)
     dk = jnp.einsum("nhts,nthe->nshe", dz, res.q)
-    return projection_cotangents(res, g, dq, dk, dv, dtype)
+    dq, dk, dv = (jnp.reshape(a, (n, t, h * e)) for a in (dq, dk, dv))
+    return AttentionDeltas(res.x, dq, dk, dv, res.c, g)
+
+
+def _mha_bwd(res, g, *, num_heads, causal=False):
+    """dz = p ⊙ (dp − Σ_s p dp) with dp = dc vᵀ;  dx = dq W_qᵀ + dk W_kᵀ + dv W_vᵀ (three paths).
+
+    In full: dW_o = cᵀ g, db_o = Σ g, dc = g W_oᵀ; dv = pᵀ dc; dq = dz k / √E; dk = dzᵀ q / √E
+    (:func:`attention_projection_deltas`); dW_· = xᵀ d· for · in q, k, v; db_q = Σ dq,
+    db_v = Σ dv, and db_k = 0 (a shift of b_k moves all of a query's scores together, and
+    softmax ignores it). The mask gets ``None``.
+    """
+    del num_heads, causal
+    d = attention_projection_deltas(res, g)
+    shape = res.q.shape
+    dq, dk, dv = (jnp.reshape(a, shape) for a in (d.dq, d.dk, d.dv))
+    return projection_cotangents(res, d.g, dq, dk, dv, g.dtype)
 
 
 def tangent_projections(res, tangents):

@@ -25,7 +25,19 @@ from jax import lax
 from .._checks import require_float, require_ndim, require_same_dtype, require_shape
 from .contract import register
 
-__all__ = ["GRUResiduals", "LSTMResiduals", "RNNResiduals", "gru", "last_step", "lstm", "rnn"]
+__all__ = [
+    "GRUResiduals",
+    "LSTMResiduals",
+    "RNNResiduals",
+    "RecurrentDeltas",
+    "gru",
+    "gru_projection_deltas",
+    "last_step",
+    "lstm",
+    "lstm_projection_deltas",
+    "rnn",
+    "rnn_projection_deltas",
+]
 
 
 def _check_cell(op: str, gates: int, x: Any, states: dict[str, Any], **params: Any) -> int:
@@ -71,11 +83,27 @@ def _input_projection(x: Any, w_x: Any, b: Any) -> Any:
     return jnp.einsum("nti,ig->tng", x, w_x) + jnp.reshape(b, (1, 1, b.shape[0]))
 
 
-def _shared_weight_grads(x: Any, h_prev: Any, w_x: Any, dax: Any, dah: Any):
-    """dx = δ w_xᵀ;  dw_x = Σ_{n,t} x ⊗ δ;  dw_h = Σ_{n,t} h_{t−1} ⊗ δ_h;  db = Σ_{n,t} δ."""
-    dx = jnp.einsum("ntg,ig->nti", dax, w_x)
-    dw_x = jnp.einsum("nti,ntg->ig", x, dax)
-    dw_h = jnp.einsum("ntk,ntg->kg", h_prev, dah)
+class RecurrentDeltas(NamedTuple):
+    """The per-step deltas of a cell's two weight-shared projections and the inputs they
+    multiply, batch-major: ``x`` (N, T, I) and ``delta_x`` (N, T, G), the delta of the input
+    projection x_t w_x + b (G gate pre-activations); ``h_prev`` (N, T, H), h_{t−1} (h0 at
+    t = 1), and ``delta_h`` (N, T, G), the delta of the recurrent projection h_{t−1} w_h
+    (+ b_h) — the same array as ``delta_x`` for the RNN and the LSTM, where both projections
+    enter one sum; ``d_states``: ∂C/∂h0 (and ∂C/∂c0 for the LSTM), each (N, H). So
+    ∂C/∂w_x = Σ_{n,t} x_t δ_x,tᵀ and ∂C/∂w_h = Σ_{n,t} h_{t−1} δ_h,tᵀ."""
+
+    x: Any
+    delta_x: Any
+    h_prev: Any
+    delta_h: Any
+    d_states: tuple[Any, ...]
+
+
+def _shared_weight_grads(d: RecurrentDeltas, w_x: Any):
+    """dx = δ_x w_xᵀ;  dw_x = Σ_{n,t} x ⊗ δ_x;  dw_h = Σ_{n,t} h_{t−1} ⊗ δ_h."""
+    dx = jnp.einsum("ntg,ig->nti", d.delta_x, w_x)
+    dw_x = jnp.einsum("nti,ntg->ig", d.x, d.delta_x)
+    dw_h = jnp.einsum("ntk,ntg->kg", d.h_prev, d.delta_h)
     return dx, dw_x, dw_h
 
 
@@ -111,8 +139,9 @@ def _rnn_fwd(x, h0, w_x, w_h, b):
     return hs, RNNResiduals(x, h0, w_x, w_h, hs)
 
 
-def _rnn_bwd(res, g):
-    """δ_t = (g_t + δ_{t+1} w_hᵀ) ⊙ (1 − h_t²);  dh0 = δ_1 w_hᵀ;  dW = Σ_t a_tᵀ δ_t."""
+def rnn_projection_deltas(res: RNNResiduals, g: Any) -> RecurrentDeltas:
+    """Backpropagation through time of :func:`rnn` for the cotangent g (N, T, H) of hs:
+    δ_t = (g_t + δ_{t+1} w_hᵀ) ⊙ (1 − h_t²) (the delta of both projections), dh0 = δ_1 w_hᵀ."""
     w_h = res.w_h
 
     def step(dh, inputs):
@@ -124,9 +153,14 @@ def _rnn_bwd(res, g):
         step, jnp.zeros_like(res.h0), (_time_major(g), _time_major(res.hs)), reverse=True
     )
     deltas = _time_major(deltas)
-    h_prev = _previous(res.h0, res.hs)
-    dx, dw_x, dw_h = _shared_weight_grads(res.x, h_prev, res.w_x, deltas, deltas)
-    return dx, dh0, dw_x, dw_h, jnp.sum(deltas, axis=(0, 1))
+    return RecurrentDeltas(res.x, deltas, _previous(res.h0, res.hs), deltas, (dh0,))
+
+
+def _rnn_bwd(res, g):
+    """δ_t = (g_t + δ_{t+1} w_hᵀ) ⊙ (1 − h_t²);  dh0 = δ_1 w_hᵀ;  dW = Σ_t a_tᵀ δ_t."""
+    d = rnn_projection_deltas(res, g)
+    dx, dw_x, dw_h = _shared_weight_grads(d, res.w_x)
+    return dx, *d.d_states, dw_x, dw_h, jnp.sum(d.delta_x, axis=(0, 1))
 
 
 def _rnn_jvp(res, dx, dh0, dw_x, dw_h, db):
@@ -193,13 +227,11 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
     return _time_major(hs), LSTMResiduals(x, h0, c0, w_x, w_h, cs, acts)
 
 
-def _lstm_bwd(res, g):
-    """With dh = g_t + ∂C/∂h_t from t+1 and dc = ∂C/∂c_t from t+1:
-    dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);  δ = [dc⊙g, dc⊙c_{t−1}, dc⊙i, dh⊙tanh c_t] ⊙
-    [i(1−i), f(1−f), 1−g², o(1−o)];  ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f. Then, over
-    all steps at once: ∂C/∂x = δ w_xᵀ, ∂C/∂w_x = Σ x_tᵀ δ_t, ∂C/∂w_h = Σ h_{t−1}ᵀ δ_t,
-    ∂C/∂b = Σ δ_t.
-    """
+def lstm_projection_deltas(res: LSTMResiduals, g: Any) -> RecurrentDeltas:
+    """Backpropagation through time of :func:`lstm` for the cotangent g (N, T, H) of hs. With
+    dh = g_t + ∂C/∂h_t from t+1 and dc = ∂C/∂c_t from t+1: dc ← dc + dh ⊙ o ⊙ (1 − tanh²c_t);
+    δ = [dc⊙g, dc⊙c_{t−1}, dc⊙i, dh⊙tanh c_t] ⊙ [i(1−i), f(1−f), 1−g², o(1−o)] (the delta of
+    both projections); ∂C/∂h_{t−1} = δ w_hᵀ;  ∂C/∂c_{t−1} = dc ⊙ f."""
     h0, c0, w_h, cs, acts = res.h0, res.c0, res.w_h, res.cs, res.acts
     hidden = h0.shape[1]
     tcs = jnp.tanh(cs)
@@ -220,10 +252,17 @@ def _lstm_bwd(res, g):
     zeros = (jnp.zeros_like(h0), jnp.zeros_like(c0))
     (dh0, dc0), deltas = lax.scan(step, zeros, (_time_major(g), c_prev, tcs, acts), reverse=True)
     hs = acts[..., 3 * hidden :] * tcs  # h_t = o ⊙ tanh(c_t), as in the forward
-    h_prev = jnp.concatenate([jnp.expand_dims(h0, 0), hs[:-1]], axis=0)
-    d, xt = _rows(deltas), _time_major(res.x)
-    dx = _time_major(jnp.reshape(d @ res.w_x.T, xt.shape))
-    return dx, dh0, dc0, _rows(xt).T @ d, _rows(h_prev).T @ d, jnp.sum(d, axis=0)
+    deltas = _time_major(deltas)
+    return RecurrentDeltas(res.x, deltas, _previous(h0, _time_major(hs)), deltas, (dh0, dc0))
+
+
+def _lstm_bwd(res, g):
+    """The deltas δ_t of :func:`lstm_projection_deltas`, then, over all steps at once:
+    ∂C/∂x = δ w_xᵀ, ∂C/∂w_x = Σ x_tᵀ δ_t, ∂C/∂w_h = Σ h_{t−1}ᵀ δ_t, ∂C/∂b = Σ δ_t.
+    """
+    d = lstm_projection_deltas(res, g)
+    dx, dw_x, dw_h = _shared_weight_grads(d, res.w_x)
+    return dx, *d.d_states, dw_x, dw_h, jnp.sum(d.delta_x, axis=(0, 1))
 
 
 def _lstm_jvp(res, dx, dh0, dc0, dw_x, dw_h, db):
@@ -308,11 +347,12 @@ def _gru_fwd(x, h0, w_x, w_h, b_x, b_h):
     return hs, GRUResiduals(x, h0, w_x, w_h, hs, acts, v_ns)
 
 
-def _gru_bwd(res, g):
-    """With dh = g_t + ∂C/∂h_t from t+1: δ_n = dh(1−z)(1−n²), δ_z = dh(h_{t−1}−n)z(1−z),
-    δ_r = δ_n v_n r(1−r);  δ_u = [δ_r, δ_z, δ_n], δ_v = [δ_r, δ_z, δ_n ⊙ r];
-    ∂C/∂h_{t−1} = dh ⊙ z + δ_v w_hᵀ;  dw_x = Σ xᵀδ_u, dw_h = Σ h_{t−1}ᵀδ_v.
-    """
+def gru_projection_deltas(res: GRUResiduals, g: Any) -> RecurrentDeltas:
+    """Backpropagation through time of :func:`gru` for the cotangent g (N, T, H) of hs. With
+    dh = g_t + ∂C/∂h_t from t+1: δ_n = dh(1−z)(1−n²), δ_z = dh(h_{t−1}−n)z(1−z),
+    δ_r = δ_n v_n r(1−r); the input projection u = x_t w_x + b_x gets δ_u = [δ_r, δ_z, δ_n],
+    the recurrent one v = h_{t−1} w_h + b_h gets δ_v = [δ_r, δ_z, δ_n ⊙ r] (the reset gate
+    multiplies v_n); ∂C/∂h_{t−1} = dh ⊙ z + δ_v w_hᵀ."""
     h0, w_h = res.h0, res.w_h
     hidden = h0.shape[1]
 
@@ -330,9 +370,17 @@ def _gru_bwd(res, g):
     h_prev = _previous(h0, res.hs)
     inputs = tuple(_time_major(a) for a in (g, h_prev, res.acts, res.v_ns))
     dh0, (d_u, d_v) = lax.scan(step, jnp.zeros_like(h0), inputs, reverse=True)
-    d_u, d_v = _time_major(d_u), _time_major(d_v)
-    dx, dw_x, dw_h = _shared_weight_grads(res.x, h_prev, res.w_x, d_u, d_v)
-    return dx, dh0, dw_x, dw_h, jnp.sum(d_u, axis=(0, 1)), jnp.sum(d_v, axis=(0, 1))
+    return RecurrentDeltas(res.x, _time_major(d_u), h_prev, _time_major(d_v), (dh0,))
+
+
+def _gru_bwd(res, g):
+    """The deltas δ_u, δ_v of :func:`gru_projection_deltas`, then dx = δ_u w_xᵀ,
+    dw_x = Σ xᵀδ_u, dw_h = Σ h_{t−1}ᵀδ_v, db_x = Σ δ_u, db_h = Σ δ_v.
+    """
+    d = gru_projection_deltas(res, g)
+    dx, dw_x, dw_h = _shared_weight_grads(d, res.w_x)
+    sums = (jnp.sum(a, axis=(0, 1)) for a in (d.delta_x, d.delta_h))
+    return dx, *d.d_states, dw_x, dw_h, *sums
 
 
 def _gru_jvp(res, dx, dh0, dw_x, dw_h, db_x, db_h):
