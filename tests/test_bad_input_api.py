@@ -1923,6 +1923,20 @@ BAD = [
         r"conv_patches: layer 'g' has groups=2",
     ),
     (
+        "layer_projections kind",
+        "layer_projections",
+        lambda t: curvature.layer_projections(nn.Tanh(name="t"), {}, z(1, 2), z(1, 2)),
+        ValueError,
+        r"layer_projections: layer 't' of kind 'tanh' has no Kronecker factors",
+    ),
+    (
+        "diag_ggn_preconditioner damping",
+        "diag_ggn_preconditioner",
+        lambda t: curvature.diag_ggn_preconditioner(nn.mlp([3], 2), "mse", damping=0.0),
+        ValueError,
+        r"diag_ggn_preconditioner: damping must be > 0, got 0.0",
+    ),
+    (
         "kfac damping",
         "kfac",
         lambda t: curvature.kfac(nn.mlp([3], 2), "mse", damping=-1.0),
@@ -2084,6 +2098,9 @@ NOT_CALLED_WITH_DATA = {
     "Case": "a NamedTuple of one table case (made by cases, checked by check)",
     "Kronecker": "a NamedTuple of two factor matrices (a result type of kfac_factors)",
     "KfacState": "a NamedTuple (the state kfac's init builds)",
+    "DiagGgnState": "a NamedTuple (the state diag_ggn_preconditioner's init builds)",
+    "Projection": "a NamedTuple of a weight's inputs and deltas (a result type of "
+    "layer_projections)",
 }
 
 
