@@ -1923,6 +1923,13 @@ BAD = [
         r"conv_patches: layer 'g' has groups=2",
     ),
     (
+        "hessian_diag kind",
+        "hessian_diag",
+        lambda t: curvature.hessian_diag(nn.serial(nn.Dense(3), nn.LayerNorm()), "mse"),
+        ValueError,
+        r"hessian_diag: layer 'layer_norm_1' of kind 'layer_norm' is not supported",
+    ),
+    (
         "layer_projections kind",
         "layer_projections",
         lambda t: curvature.layer_projections(nn.Tanh(name="t"), {}, z(1, 2), z(1, 2)),

@@ -5,6 +5,8 @@
 * :mod:`~manual_bp.curvature.columns` — the columns of S pushed through the backward pass;
 * :mod:`~manual_bp.curvature.ggn` — the diagonal of the generalized Gauss–Newton matrix, for
   every layer kind, Dense's cheap route, and GGN-vector products;
+* :mod:`~manual_bp.curvature.hessian` — the Hessian's diagonal, for networks of Dense, Conv2D,
+  pooling and elementwise activations (each activation's second derivative beside its rule);
 * :mod:`~manual_bp.curvature.kronecker` — KFAC and KFLR Kronecker factors of Dense, Conv2D,
   recurrent and attention layers, KFAC-expand and KFAC-reduce for weights shared over positions;
 * :mod:`~manual_bp.curvature.optim` — the K-FAC preconditioner as an optax transformation;
@@ -14,6 +16,7 @@
 from .diagonal import DiagGgnState, diag_ggn_preconditioner
 from .factors import FACTOR_LOSSES, hessian_factor, loss_hessian, mc_hessian_factor
 from .ggn import dense_diag_ggn, diag_ggn, ggn_vector_product
+from .hessian import HESSIAN_KINDS, hessian_diag
 from .kronecker import (
     KFAC_KINDS,
     SETTINGS,
@@ -28,6 +31,7 @@ from .optim import KfacState, kfac
 
 __all__ = [
     "FACTOR_LOSSES",
+    "HESSIAN_KINDS",
     "KFAC_KINDS",
     "SETTINGS",
     "WEIGHTS",
@@ -40,6 +44,7 @@ __all__ = [
     "diag_ggn",
     "diag_ggn_preconditioner",
     "ggn_vector_product",
+    "hessian_diag",
     "hessian_factor",
     "kfac",
     "kfac_factors",

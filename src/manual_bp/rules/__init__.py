@@ -7,7 +7,17 @@ of this package (``manual_bp.rules.batch_norm``); the family modules hold their 
 """
 
 # the families, in the order of the data's way: importing each registers its rules
-from .activations import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
+from .activations import (
+    SECOND_DERIVATIVES,
+    elu,
+    gelu,
+    leaky_relu,
+    relu,
+    sigmoid,
+    silu,
+    softplus,
+    tanh,
+)
 from .attention import multi_head_attention
 from .contract import RULES, Rule, get_rule, register
 from .conv import avg_pool2d, conv2d, flatten, max_pool2d
@@ -22,6 +32,7 @@ from .stochastic import dropout
 
 __all__ = [
     "RULES",
+    "SECOND_DERIVATIVES",
     "Rule",
     "add_positions",
     "avg_pool2d",

@@ -3,11 +3,16 @@
 Every backward here is ``dz = g · σ'(z)`` and every jvp ``dz ↦ σ'(z)·dz``; each docstring
 gives σ'. Piecewise forms use a
 double ``where`` so the branch not taken never produces an inf or NaN.
+
+Beside each rule sits its second derivative σ''(z), computed from the same residuals
+(:data:`SECOND_DERIVATIVES`): the term diag(σ''(z) ⊙ ∂C/∂a) that an activation adds to the
+Hessian backpropagated through it (:func:`manual_bp.curvature.hessian_diag`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
 from typing import Any
 
@@ -17,7 +22,17 @@ from jax import lax
 from .._checks import require_float
 from .contract import register
 
-__all__ = ["elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "softplus", "tanh"]
+__all__ = [
+    "SECOND_DERIVATIVES",
+    "elu",
+    "gelu",
+    "leaky_relu",
+    "relu",
+    "sigmoid",
+    "silu",
+    "softplus",
+    "tanh",
+]
 
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -227,3 +242,83 @@ def _silu_jvp(res, t):
 
 
 silu = register("silu", _silu_fwd, _silu_bwd, _silu_jvp)
+
+
+# ---- second derivatives σ''(z), from each rule's residuals --------------------------------
+
+
+def _sigmoid_second(res):
+    """σ'' = a (1 − a)(1 − 2a)."""
+    (a,) = res
+    return a * (1 - a) * (1 - 2 * a)
+
+
+def _tanh_second(res):
+    """tanh'' = −2a (1 − a²)."""
+    (a,) = res
+    return -2 * a * (1 - a * a)
+
+
+def _relu_second(res):
+    """relu'' = 0 (z ≠ 0)."""
+    (a,) = res
+    return jnp.zeros_like(a)
+
+
+def _elu_second(res, *, alpha=1.0):
+    """elu'' = 0 if z > 0 else α e^z (double ``where``)."""
+    (z,) = res
+    positive = z > 0
+    return jnp.where(positive, 0, alpha * jnp.exp(jnp.where(positive, 0, z)))
+
+
+def _gelu_second(res, *, approximate=False):
+    """gelu'' = φ(z)(2 − z²) (exact); with t = tanh u, u = √(2/π)(z + 0.044715 z³):
+    (1 − t²)(u' − z t u'² + ½ z u''), u' = √(2/π)(1 + 3·0.044715 z²), u'' = 6·0.044715 √(2/π) z."""
+    (z,) = res
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_CUBIC * z * z * z))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * z * z)
+        ddu = _SQRT_2_OVER_PI * 6 * _GELU_CUBIC * z
+        sech2 = 1 - t * t
+        # where sech² is 0 (|z| large) the product is 0; u'² overflows first in float16
+        return jnp.where(sech2 > 0, sech2 * (du - z * t * du * du + 0.5 * z * ddu), 0)
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    return pdf * (2 - z * z)
+
+
+def _softplus_second(res):
+    """softplus'' = σ(z)(1 − σ(z))."""
+    (z,) = res
+    s = lax.logistic(z)
+    return s * (1 - s)
+
+
+def _silu_second(res):
+    """silu'' = σ(z)(1 − σ(z))(2 + z (1 − 2σ(z)))."""
+    (z,) = res
+    s = lax.logistic(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+def _leaky_relu_second(res, *, negative_slope=0.01):
+    """leaky_relu'' = 0 (z ≠ 0)."""
+    del negative_slope
+    (positive,) = res  # a bool mask: weakly typed zeros take the dtype of what they meet
+    return jnp.where(positive, 0.0, 0.0)
+
+
+SECOND_DERIVATIVES: dict[str, Callable[..., Any]] = {
+    "sigmoid": _sigmoid_second,
+    "tanh": _tanh_second,
+    "relu": _relu_second,
+    "leaky_relu": _leaky_relu_second,
+    "elu": _elu_second,
+    "gelu": _gelu_second,
+    "softplus": _softplus_second,
+    "silu": _silu_second,
+}
+"""σ''(z) by rule name: ``SECOND_DERIVATIVES[name](residuals, **static)``, the residuals those
+of the rule's forward (``rule.fwd(z, **static)[1]``) and ``static`` its settings; an array
+shaped like z. Each docstring gives the formula; the piecewise-linear relu and leaky relu
+have σ'' = 0 away from their kink (the Hessian there does not exist)."""
