@@ -29,7 +29,7 @@ from . import guard
 from .inputs import check_fit_inputs
 from .report import step_norms
 
-__all__ = ["STEP_KEYS", "FitResult", "GradFn", "fit", "float_dtype"]
+__all__ = ["OPTIMIZER_KEYS", "STEP_KEYS", "FitResult", "GradFn", "fit", "float_dtype"]
 
 GradFn = Callable[..., Callable[..., tuple[Any, Any]]]
 """``grad_fn(net, loss, has_state=True) -> f(params, state, x, y, key) -> ((C, state), grads)``."""
@@ -49,6 +49,11 @@ class FitResult(NamedTuple):
 STEP_KEYS = 0x5EED
 """Step i of an epoch draws its dropout masks from ``fold_in(fold_in(epoch_key, STEP_KEYS), i)``
 (the epoch key itself shuffles the training set)."""
+
+OPTIMIZER_KEYS = 0x0C7A
+"""An optimizer that takes the batch (an ``optax.GradientTransformationExtraArgs``) gets step
+i's ``key=fold_in(step_key, OPTIMIZER_KEYS)``, ``step_key`` the step's dropout key: the labels
+the Monte-Carlo curvature of :func:`manual_bp.curvature.kfac` samples."""
 
 
 def _accuracy(out: jax.Array, y: jax.Array) -> jax.Array:
@@ -86,18 +91,23 @@ def fit(
               (u, s) = \\mathrm{optimizer.update}(g, s, θ), \\quad θ ← θ + u, \\quad σ ← σ'
 
     in training mode, where σ is the network's state (batch-norm running statistics, carried
-    through the steps) and k the step's dropout key. Each epoch shuffles the training set with
-    ``jax.random.fold_in(key, epoch)``, drops the last incomplete batch, and runs its
-    ``n // B`` steps as one ``jax.lax.scan`` inside one ``jax.jit``; step i's key is
-    ``fold_in(fold_in(fold_in(key, epoch), STEP_KEYS), i)``. After it, the test split is
-    evaluated in evaluation mode (running statistics, no dropout) in one jitted call.
+    through the steps) and k the step's dropout key. An optimizer that takes extra arguments
+    (an ``optax.GradientTransformationExtraArgs``, such as :func:`manual_bp.curvature.kfac`
+    chained with ``optax.sgd``) also gets the batch: ``update(g, s, θ, x=x_b, y=y_b,
+    key=k', net_state=σ)`` with ``k' = fold_in(k, OPTIMIZER_KEYS)``; the others ignore it.
+    Each epoch shuffles the training set with ``jax.random.fold_in(key, epoch)``, drops the
+    last incomplete batch, and runs its ``n // B`` steps as one ``jax.lax.scan`` inside one
+    ``jax.jit``; step i's key is ``fold_in(fold_in(fold_in(key, epoch), STEP_KEYS), i)``.
+    After it, the test split is evaluated in evaluation mode (running statistics, no dropout)
+    in one jitted call.
 
     Args:
       net: the network (a :class:`manual_bp.nn.Layer`).
       loss: a loss rule or its name, e.g. ``"softmax_cross_entropy"``.
       params: the initial parameters (a pytree matching ``net``).
       data: a :class:`~manual_bp.data.Dataset`.
-      optimizer: an optax ``GradientTransformation``.
+      optimizer: an optax ``GradientTransformation`` (or ``GradientTransformationExtraArgs``,
+        which is handed the batch, see above).
       epochs: number of passes over the training set (``0`` returns ``params`` unchanged).
       batch_size: examples per step, at most the training set's size.
       key: a JAX PRNG key for the shuffles.
@@ -183,18 +193,23 @@ def fit(
         )
         return c, state, grads, step_norms(grads, deltas, outputs)
 
+    takes_batch = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
     def step(carry, batch, dropout_key):
         params, opt_state, state = carry
         xb, yb, i = batch
-        c, state, grads, norms = gradients(
-            params, state, xb, yb, jax.random.fold_in(dropout_key, i)
-        )
+        step_key = jax.random.fold_in(dropout_key, i)
+        c, new_state, grads, norms = gradients(params, state, xb, yb, step_key)
+        extra = {}
+        if takes_batch:  # curvature preconditioners need the batch, not just its gradient
+            key = jax.random.fold_in(step_key, OPTIMIZER_KEYS)
+            extra = {"x": xb, "y": yb, "key": key, "net_state": state}
         # optax mixes Python floats with its int32 step count (Adam's β^t), which strict dtype
         # promotion rejects; the forward and backward above stay under the caller's setting.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
             params = optax.apply_updates(params, updates)
-        return (params, opt_state, state), (c, norms)
+        return (params, opt_state, new_state), (c, norms)
 
     @jax.jit
     def run_epoch(params, opt_state, state, key, x, y):

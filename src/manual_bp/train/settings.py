@@ -7,9 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import optax
 
+from .. import curvature
+from ..nn import Layer, by_layer, has_state
+
 __all__ = [
+    "CURVATURE_OPTIMIZERS",
     "FORWARD_GRADS",
     "GRADS",
     "OPTIMIZERS",
@@ -20,8 +25,15 @@ __all__ = [
     "recorded_config",
 ]
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-"""``--optimizer``: plain SGD, SGD with momentum 0.9, Adam, AdamW."""
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "kfac", "diag-ggn")
+"""``--optimizer``: plain SGD, SGD with momentum 0.9, Adam, AdamW, and two curvature
+preconditioners followed by SGD with momentum 0.9 (:data:`CURVATURE_OPTIMIZERS`)."""
+
+CURVATURE_OPTIMIZERS = ("kfac", "diag-ggn")
+"""The ``--optimizer`` choices that precondition the gradient with the GGN of the batch before
+SGD with momentum 0.9: K-FAC (:func:`manual_bp.curvature.kfac`, Monte-Carlo factors of the
+Dense, Conv2D, recurrent and attention layers) and the diagonal GGN
+(:func:`manual_bp.curvature.diag_ggn_preconditioner`, one Monte-Carlo sample, every layer)."""
 
 GRADS = ("manual", "reference", "forward", "forward-activity")
 """``--grad``: the handwritten backward, ``jax.grad`` of the reference network, or a forward
@@ -47,6 +59,9 @@ RESUME_KEYS = (
     "dropout",
     "batch_norm",
     "feedback",
+    "damping",
+    "curvature_decay",
+    "inverse_every",
 )
 """The settings ``--resume`` requires to be those the checkpoint was written with."""
 
@@ -67,6 +82,9 @@ class Settings(NamedTuple):
     lr: float
     optimizer: str
     weight_decay: float
+    damping: float
+    curvature_decay: float
+    inverse_every: int
     clip_norm: float
     seed: int
     grad: str
@@ -118,13 +136,40 @@ def recorded_config(settings: Settings, dataset: str) -> dict[str, Any]:
         "dropout": settings.dropout,
         "batch_norm": settings.batch_norm,
         "feedback": settings.feedback,
+        **_curvature_config(settings),
     }
 
 
-def make_optimizer(settings: Settings) -> optax.GradientTransformation:
-    """The ``--optimizer`` with ``--lr``, after clipping to ``--clip-norm`` if it is set."""
+def _curvature_config(settings: Settings) -> dict[str, Any]:
+    """The curvature settings of a curvature optimizer; ``None`` for the others (which ignore
+    them), as a checkpoint written before they existed reads them."""
+    kfac = settings.optimizer == "kfac"
+    used = settings.optimizer in CURVATURE_OPTIMIZERS
+    return {
+        "damping": settings.damping if used else None,
+        "curvature_decay": settings.curvature_decay if used else None,
+        "inverse_every": settings.inverse_every if kfac else None,
+    }
+
+
+def make_optimizer(
+    settings: Settings, net: Layer, loss: str, input_shape: tuple[int, ...]
+) -> optax.GradientTransformation:
+    """The ``--optimizer`` with ``--lr``, after clipping to ``--clip-norm`` if it is set. The
+    curvature optimizers precondition the (clipped) gradient with the GGN of ``net`` and
+    ``loss`` on the step's batch (``--damping``, ``--curvature-decay``, ``--inverse-every``),
+    then apply SGD with momentum 0.9; their update takes the batch, which
+    :func:`~manual_bp.train.fit` hands it. ``input_shape`` is one batch's.
+
+    Raises:
+      SettingsError: the model cannot be preconditioned this way (it names the model and
+        the reason).
+    """
     name, lr = settings.optimizer, settings.lr
-    if name == "sgd":
+    if name in CURVATURE_OPTIMIZERS:
+        precondition = _preconditioner(settings, net, loss, input_shape)
+        opt = optax.chain(precondition, optax.sgd(lr, momentum=0.9))
+    elif name == "sgd":
         opt = optax.sgd(lr)
     elif name == "momentum":
         opt = optax.sgd(lr, momentum=0.9)
@@ -135,3 +180,64 @@ def make_optimizer(settings: Settings) -> optax.GradientTransformation:
     if settings.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(settings.clip_norm), opt)
     return opt
+
+
+def _preconditioner(
+    settings: Settings, net: Layer, loss: str, input_shape: tuple[int, ...]
+) -> optax.GradientTransformation:
+    """K-FAC or the diagonal GGN of ``net``; a SettingsError for a model they do not fit."""
+    name = settings.optimizer
+    refused = None
+    if settings.grad not in ("manual", "reference"):
+        refused = f"--grad {settings.grad} trains without a backward pass; {name} needs one"
+    elif settings.feedback != "backprop":
+        refused = f"its curvature is that of backprop, not of --feedback {settings.feedback}"
+    elif settings.dropout > 0:
+        refused = "the curvature is measured without dropout masks; use --dropout 0"
+    elif name == "kfac" and has_state(net):
+        refused = (
+            "its batch normalization couples the examples, and Kronecker factors need "
+            "independent ones; use --no-batch-norm, or --optimizer diag-ggn"
+        )
+    if refused is None and name == "diag-ggn":
+        return curvature.diag_ggn_preconditioner(
+            net, loss, damping=settings.damping, decay=settings.curvature_decay
+        )
+    if refused is None:
+        opt = curvature.kfac(
+            net,
+            loss,
+            damping=settings.damping,
+            decay=settings.curvature_decay,
+            inverse_every=settings.inverse_every,
+        )
+        uncovered = _uncovered(net, opt, input_shape)
+        if not uncovered:
+            return opt
+        refused = (
+            f"K-FAC has no Kronecker factors for the layer(s) {', '.join(uncovered)}, which "
+            "would train on the raw gradient; use --optimizer diag-ggn"
+        )
+    raise SettingsError(
+        f"argument --optimizer: {name} does not fit {_model_name(settings)}: {refused}",
+        usage=True,
+    )
+
+
+def _model_name(settings: Settings) -> str:
+    if settings.model == "cnn":
+        return f"the model cnn (LeNet{' with batch norm' if settings.batch_norm else ''})"
+    return f"the model {settings.model}"
+
+
+def _uncovered(
+    net: Layer, opt: optax.GradientTransformation, input_shape: tuple[int, ...]
+) -> list[str]:
+    """The layers with parameters that K-FAC's state has no factors for (by path)."""
+    params = jax.eval_shape(lambda: net.init(jax.random.key(0), input_shape))
+    factors = jax.eval_shape(opt.init, params).factors
+    return [
+        path
+        for path in by_layer(params)
+        if not any(f == path or f.startswith(f"{path}/") for f in factors)
+    ]
