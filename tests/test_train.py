@@ -11,11 +11,13 @@ import optax
 import pytest
 
 import reference
+from _compare import assert_close
 from manual_bp import nn
 from manual_bp.cli import main
 from manual_bp.data import Dataset, load_digits
 from manual_bp.rules import softmax_cross_entropy
 from manual_bp.train import build_model, fit, mlp, verify_gradients
+from manual_bp.verify import tolerance_for
 
 LOSS = "softmax_cross_entropy"
 SHORT = {"epochs": 3, "batch_size": 64}
@@ -190,9 +192,15 @@ def test_fit_rejects_bad_counts(digits, epochs, batch_size, match):
 
 def test_fit_carries_batch_norm_state_and_dropout_keys(digits):
     """LeNet with batch norm and dropout: the manual and the jax.grad loops train alike, the
-    running statistics move away from (0, 1) and agree, and evaluation uses them."""
+    running statistics move away from (0, 1) and agree, and evaluation uses them. In float64:
+    two float32 trajectories drift apart by rounding over 44 Adam steps (running means 3.5 %
+    apart were seen), which says nothing about the rules; in float64 they agree to ~1e-15 and
+    are held to the network tolerance."""
     net, data = build_model("cnn", digits, hidden=(16,), dropout=0.3)
-    params = net.init(jax.random.key(0), (64, 8, 8, 1), jnp.float32)
+    as64 = {k: np.asarray(getattr(data, k), np.float64) for k in ("x_train", "x_test")}
+    data = data._replace(**as64)
+    params = net.init(jax.random.key(0), (64, 8, 8, 1), jnp.float64)
+    tol = tolerance_for(jnp.float64, "network")
 
     def run(grad_fn=None):
         return fit(
@@ -209,14 +217,15 @@ def test_fit_carries_batch_norm_state_and_dropout_keys(digits):
 
     manual, ref = run(), run(reference.value_and_grad)
     for m, r in zip(manual.history, ref.history, strict=True):
-        assert m["train_loss"] == pytest.approx(r["train_loss"], rel=1e-3)
-        assert m["test_accuracy"] == pytest.approx(r["test_accuracy"], abs=2.5 / 360)
+        assert m["train_loss"] == pytest.approx(r["train_loss"], rel=tol)
+        assert m["test_accuracy"] == pytest.approx(r["test_accuracy"], abs=1.5 / 360)
     assert manual.history[-1]["test_accuracy"] > 0.7
     for bn in ("batch_norm_1", "batch_norm_5"):
         mean, var = manual.state[bn]["mean"], manual.state[bn]["var"]
+        assert mean.dtype == jnp.float64
         assert np.all(np.asarray(mean) != 0) and np.all(np.asarray(var) != 1)
-        np.testing.assert_allclose(mean, ref.state[bn]["mean"], rtol=1e-3, atol=1e-3)
-        np.testing.assert_allclose(var, ref.state[bn]["var"], rtol=1e-3, atol=1e-3)
+        for got, want in ((mean, ref.state[bn]["mean"]), (var, ref.state[bn]["var"])):
+            assert_close(got, want, jnp.float64, f"{bn} running statistics", tol=tol)
 
 
 def test_fit_taps_record_the_norms_of_the_step_itself(digits):
