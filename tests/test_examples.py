@@ -48,6 +48,14 @@ RESEARCH_EXAMPLES = {
             for m in ("backprop", "weight-perturbed", "activity-perturbed")
         ],
     ),
+    "kfac_vs_adam.py": (
+        ("accuracy.png", "results.json"),
+        [rf"^\| digits MLP \| {o} \| \d+\.\d\d% \| " for o in ("adam", "kfac", "diag-ggn")],
+    ),
+    "obd_pruning.py": (
+        ("pruning.png", "results.json"),
+        [r"^\| 5 \| 0% \| (\d+\.\d\d%) \| \1 \| \1 \|$", r"^\| 5 \| 90% \| \d+\.\d\d% \| "],
+    ),
     "vanishing_gradients.py": (
         ("delta_norms.png", "results.json"),
         [rf"^\| {i} \| \S+ → \S+ \| \S+ → \S+ \| \S+ → \S+ \|$" for i in range(1, 11)]
@@ -93,6 +101,15 @@ def test_research_example_quick_run(script, tmp_path, monkeypatch, capsys):
                 w, a = c["weight"][layer][-1], c["activity"][layer][-1]
                 assert 0 < w < 0.5 and 0 < a < 0.5, (layer, w, a)
                 assert a > w, f"{layer}: activity-perturbed {a} not above weight-perturbed {w}"
+    if script == "kfac_vs_adam.py":  # both preconditioners train: well above chance in 2 epochs
+        runs = json.loads((out / "results.json").read_text(encoding="utf-8"))["digits MLP"]
+        for opt, r in runs.items():
+            assert r["test_accuracy"][-1] > 0.85, (opt, r["test_accuracy"])
+    if script == "obd_pruning.py":  # the Hessian's saliency beats |w| where pruning bites
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        i, r = results["fractions"].index(0.9), results["runs"]["5"]
+        assert r["accuracy"]["OBD (Hessian)"][i] > r["accuracy"]["magnitude"][i], r
+        assert 0 < r["negative_hessian_entries"] < r["weights"], r
     if script == "vanishing_gradients.py":  # |σ'| ≤ 1/4, so ‖∂C/∂z‖ ≤ ‖∂C/∂a‖ / 4 exactly
         sigmoid = json.loads((out / "results.json").read_text(encoding="utf-8"))["sigmoid"]
         for when in ("init", "trained"):
