@@ -9,7 +9,7 @@ multiple of the gradient's median, with its compile time:
   route, N·L·C per-example backward passes; skipped where its per-example gradients would not
   fit in :data:`MEMORY_BUDGET` (N·L·C·P numbers);
 * ``dense_diag_ggn`` (networks of Dense layers): L·C backward passes of the batch;
-* ``hessian_diag`` (networks of Dense, Conv2D, pooling and activations), when the package has it;
+* ``hessian_diag`` (networks of Dense, Conv2D, pooling and activations);
 * ``ggn_vector_product`` and :func:`manual_bp.hvp` (forward over the handwritten backward);
 * ``kfac_factors`` KFLR (exact) and KFAC (one sample), expand setting, for the layers that have
   Kronecker factors;
@@ -164,10 +164,9 @@ def quantities(
             fns["diag GGN, Dense route"] = lambda prm, x, y, key, f=f: f(prm, x, y)
         else:
             skipped["diag GGN, Dense route"] = f"L·C = {l_pos * k} > {MAX_COLUMNS}"
-    hessian_diag = getattr(curvature, "hessian_diag", None)
-    if hessian_diag is not None and plain:
+    if plain:
         try:
-            f = hessian_diag(net, LOSS)
+            f = curvature.hessian_diag(net, LOSS)
             f_h = jax.eval_shape(f, params, *case.batch(jax.random.key(0)))  # applies?
             del f_h
             fns["Hessian diagonal"] = lambda prm, x, y, key, f=f: f(prm, x, y)
