@@ -32,6 +32,7 @@ def test_every_quantity_of_an_mlp_is_measured(report):
         "diag GGN, exact",
         "diag GGN, MC-1",
         "diag GGN, Dense route",
+        "Hessian diagonal",
         "GGN-vector product",
         "Hessian-vector product",
         "KFLR factors",
@@ -66,6 +67,7 @@ def test_what_does_not_apply_is_skipped_with_the_reason():
     for name in ("KFLR factors", "KFAC factors, MC-1"):
         assert name not in fns and "batch statistics" in skipped[name]
     assert "K-FAC step (inverses every step)" not in fns
+    assert "Hessian diagonal" not in fns and "batch statistics" in skipped["Hessian diagonal"]
     for name in KFAC_JAX_MODES:
         assert name not in fns and skipped[name] == "batch norm"
 
