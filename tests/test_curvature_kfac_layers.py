@@ -30,7 +30,8 @@ from test_curvature_kfac import ggn_block
 F64 = jnp.float64
 NET_TOL = tolerance_for(F64, "network")
 LOSS = "softmax_cross_entropy"
-KINDS = ("rnn", "lstm", "gru", "attention", "blockwise")
+KINDS = ("rnn", "lstm", "gru", "attention", "blockwise", "embedding")
+VOCAB = 5
 RECURRENT = ("rnn", "lstm", "gru")
 
 # weight -> its bias, as the layers hold them (no b_k in MultiHeadAttention, no b_h in RNN/LSTM)
@@ -41,6 +42,7 @@ BIASES = {
     "attention": {"wq": "bq", "wk": None, "wv": "bv", "wo": "bo"},
 }
 BIASES["blockwise"] = BIASES["attention"]
+BIASES["embedding"] = {"table": None}
 
 
 def _layer(kind):
@@ -50,13 +52,17 @@ def _layer(kind):
         "gru": lambda: mnn.GRU(2),
         "attention": lambda: mnn.MultiHeadAttention(2),
         "blockwise": lambda: mnn.MultiHeadAttention(2, block_size=2),
+        "embedding": lambda: mnn.Embedding(VOCAB, 3),
     }[kind]()
 
 
 def _case(kind, n, t, tag):
     rng = rng_for(tag, kind, n, t)
     net = mnn.serial(_layer(kind), mnn.Dense(3))
-    x = jnp.asarray(rng.standard_normal((n, t, 3 if kind in RECURRENT else 4)), F64)
+    if kind == "embedding":
+        x = jnp.asarray(rng.integers(0, VOCAB, (n, t)), jnp.int32)
+    else:
+        x = jnp.asarray(rng.standard_normal((n, t, 3 if kind in RECURRENT else 4)), F64)
     params = net.init(jax.random.key(0), x.shape, F64)
     params = jax.tree.map(
         lambda p: p + 0.4 * jnp.asarray(rng.standard_normal(p.shape), F64), params
@@ -64,6 +70,11 @@ def _case(kind, n, t, tag):
     y = jnp.asarray(rng.integers(0, 3, (n, t)))
     path = next(p for p in params if p != "dense_1")
     return rng, net, params, x, y, path
+
+
+def _by_weight(kind, entry):
+    """kfac_factors' entry of a layer as {weight: Kronecker} (a one-weight layer's is bare)."""
+    return {next(iter(BIASES[kind])): entry} if isinstance(entry, curvature.Kronecker) else entry
 
 
 def _with_ones(a, bias):
@@ -124,7 +135,12 @@ def _attention(p, x, eps):
 
 def _perturbed(kind, params, path, x, eps):
     p = params[path]
-    h, inputs = _cell(kind, p, x, eps) if kind in RECURRENT else _attention(p, x, eps)
+    if kind == "embedding":  # z_t = onehot(id_t) W
+        h, inputs = p["table"][x] + eps["table"], {"table": jax.nn.one_hot(x, VOCAB, dtype=F64)}
+    elif kind in RECURRENT:
+        h, inputs = _cell(kind, p, x, eps)
+    else:
+        h, inputs = _attention(p, x, eps)
     return h @ params["dense_1"]["w"] + params["dense_1"]["b"][None, None], inputs
 
 
@@ -178,6 +194,7 @@ def test_one_example_one_step_kflr_equals_the_ggn_block(kind):
     floor = max(float(jnp.max(jnp.abs(v))) for v in blocks.values())
     for setting, got in zip(curvature.SETTINGS, both, strict=True):
         assert set(got) == {path, "dense_1"}
+        got = {**got, path: _by_weight(kind, got[path])}
         assert set(got[path]) == set(BIASES[kind])
         for w, expected in blocks.items():
             k = got[path][w]
@@ -200,6 +217,7 @@ def test_expand_and_reduce_match_their_definitions(kind):
     hess = jnp.reshape(jax.hessian(lambda o: reference.FORWARD[LOSS](o, y))(out), (m, m))
     fns = [curvature.kfac_factors(net, LOSS, kind="kflr", setting=s) for s in curvature.SETTINGS]
     expand, reduce = jax.jit(lambda p, x, y: [f(p, x, y)[path] for f in fns])(params, x, y)
+    expand, reduce = _by_weight(kind, expand), _by_weight(kind, reduce)
     wants = {}
     for w, b in BIASES[kind].items():
         j = jnp.reshape(jac[w], (m, *eps[w].shape))  # (m, n, t, o)

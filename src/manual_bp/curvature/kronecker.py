@@ -12,7 +12,9 @@ factor is Σ_p ã_np δ_npcᵀ. The weights and their positions (:data:`WEIGHTS`
   own; δ is the delta of the projection's output from backpropagation through time, so the
   gradient Σ_t ã_t δ_tᵀ is exact although the weight also acts through the recursion;
 * MultiHeadAttention: the T positions of its four projections, W_q, W_k, W_v (with b_q, b_v;
-  the layer has no b_k) on x and W_o (with b_o) on the context c.
+  the layer has no b_k) on x and W_o (with b_o) on the context c;
+* Embedding: its table W (V, D) at the T positions, z_t = onehot(id_t) W, so A is diagonal
+  (the ids' frequencies) and G = Σ δ δᵀ over the positions' deltas.
 
 The GGN block of vec(W̃) (row-major: index (i, o)) is approximated by A ⊗ G
 (``jnp.kron(A, G)``); two ways to treat the positions (Eschenhagen et al. 2023):
@@ -84,6 +86,7 @@ WEIGHTS: Mapping[str, Mapping[str, str]] = {
     "lstm": {"w_x": "b", "w_h": ""},
     "gru": {"w_x": "b_x", "w_h": "b_h"},
     "multi_head_attention": {"wq": "bq", "wk": "bk", "wv": "bv", "wo": "bo"},
+    "embedding": {"table": ""},
 }
 """The weight matrices that get Kronecker factors, by layer kind: weight name -> the name of
 the bias that joins it as its last row ("" for none; a bias missing from the layer's params,
@@ -168,7 +171,7 @@ def _flash_deltas(layer: Layer, res: Any, g: Any) -> tuple[Any, Any, Any]:
 
 
 def _output_shape(layer: Layer, tape: Any) -> tuple[int, ...]:
-    x = tape if layer.kind in _SINGLE else tape.x
+    x = tape if layer.kind in (*_SINGLE, "embedding") else tape.x
     return tuple(layer.output_shape(tuple(x.shape)))
 
 
@@ -196,6 +199,10 @@ def layer_projections(layer: Layer, params: Any, tape: Any, dout: Any) -> dict[s
         a = conv_patches(layer, tape) if layer.kind == "conv2d" else tape
         d = jnp.reshape(dout, (dout.shape[0], -1, dout.shape[-1]))
         return {"w": Projection(_augmented(a, bias["w"]), d)}
+    if layer.kind == "embedding":  # z_p = onehot(id_p) W: the inputs are one-hot rows
+        a = jax.nn.one_hot(tape, params["table"].shape[0], dtype=dout.dtype)
+        d = jnp.reshape(dout, (dout.shape[0], -1, dout.shape[-1]))
+        return {"table": Projection(_augmented(a, False), d)}
     if layer.kind in _RECURRENT:
         r = _RECURRENT[layer.kind](tape, dout)
         ins = {"w_x": (r.x, r.delta_x), "w_h": (r.h_prev, r.delta_h)}
@@ -228,13 +235,13 @@ def kfac_factors(
     train: bool = True,
 ) -> Callable[..., dict[str, Kronecker | dict[str, Kronecker]]]:
     """``f(params, x, y, key=None) -> {path: factors}`` for every layer of ``net`` of a kind in
-    :data:`WEIGHTS`, by the path its delta is named by: a :class:`Kronecker` for a Dense or
-    Conv2D layer, and ``{weight: Kronecker}`` for a layer with several weight matrices
-    (``{"w_x": ..., "w_h": ...}`` for RNN, LSTM and GRU; ``{"wq", "wk", "wv", "wo"}`` for
-    MultiHeadAttention), each covering the weight and its bias. ``kind`` ``"kfac"``
-    (Monte-Carlo, ``mc_samples`` labels per output position drawn with ``key``) or ``"kflr"``
-    (exact); ``setting`` ``"expand"`` or ``"reduce"``. Definitions, exactness and cost: module
-    docstring. Works under ``jax.jit``."""
+    :data:`WEIGHTS`, by the path its delta is named by: a :class:`Kronecker` for a Dense,
+    Conv2D or Embedding layer (one weight), and ``{weight: Kronecker}`` for a layer with
+    several weight matrices (``{"w_x": ..., "w_h": ...}`` for RNN, LSTM and GRU;
+    ``{"wq", "wk", "wv", "wo"}`` for MultiHeadAttention), each covering the weight and its
+    bias. ``kind`` ``"kfac"`` (Monte-Carlo, ``mc_samples`` labels per output position drawn
+    with ``key``) or ``"kflr"`` (exact); ``setting`` ``"expand"`` or ``"reduce"``.
+    Definitions, exactness and cost: module docstring. Works under ``jax.jit``."""
     op = "kfac_factors"
     if not isinstance(net, Layer):
         raise TypeError(f"{op}: expected a manual_bp.nn.Layer as the network, got {net!r}")
@@ -266,7 +273,8 @@ def kfac_factors(
                 out_axes=axes,
             )(d_out)
             blocks = {w: _factors(pr.a, pr.delta, setting) for w, pr in projs.items()}
-            factors[path] = blocks["w"] if layer.kind in _SINGLE else blocks
+            (only, *more) = blocks
+            factors[path] = blocks if more else blocks[only]
         if not factors:
             raise ValueError(
                 f"{op}: the network {net.name or net.kind!r} has no layer with Kronecker "
