@@ -43,11 +43,11 @@ from .loop import fit
 from .models import build_model
 from .report import PLOTS, layer_norms, read_metrics, write_metrics, write_plots
 from .settings import (
-    CURVATURE_OPTIMIZERS,
     FORWARD_GRADS,
     RESUME_KEYS,
     Settings,
     SettingsError,
+    curvature_summary,
     make_optimizer,
     recorded_config,
 )
@@ -155,9 +155,7 @@ def _data(settings: Settings) -> Dataset:
 
 def _prepare(settings: Settings) -> Run:
     """Everything the run needs before training, each setting checked in turn."""
-    files = _outputs(settings)
-    mesh = _mesh(settings)
-    data = _data(settings)
+    files, mesh, data = _outputs(settings), _mesh(settings), _data(settings)
     config = recorded_config(settings, data.name)
     net, data = build_model(
         settings.model,
@@ -168,8 +166,7 @@ def _prepare(settings: Settings) -> Run:
         batch_norm=settings.batch_norm,
         feedback=settings.feedback,
     )
-    batch_shape = (settings.batch_size, *data.x_train.shape[1:])
-    optimizer = make_optimizer(settings, net, LOSS, batch_shape)
+    optimizer = make_optimizer(settings, net, LOSS, (settings.batch_size, *data.x_train.shape[1:]))
     return Run(settings, files, config, net, data, optimizer, mesh)
 
 
@@ -232,13 +229,9 @@ def _describe(run: Run, start: Start) -> None:
         f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test examples, "
         f"{n_features} features, {data.num_classes} classes"
     )
-    curvature = ""
-    if s.optimizer in CURVATURE_OPTIMIZERS:
-        curvature = f" damping={s.damping:g} decay={s.curvature_decay:g}"
-        curvature += f" inverse_every={s.inverse_every}" if s.optimizer == "kfac" else ""
     print(
         f"{described}, {num_params:,} parameters); {s.optimizer} "
-        f"lr={s.lr:g}{curvature}, batch {s.batch_size}, {s.epochs} epochs, "
+        f"lr={s.lr:g}{curvature_summary(s)}, batch {s.batch_size}, {s.epochs} epochs, "
         f"gradients: {s.grad}; output in {run.files.folder}"
         + (f"; resuming after epoch {start.epoch}" if s.resume else "")
     )

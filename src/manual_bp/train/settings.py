@@ -21,6 +21,7 @@ __all__ = [
     "RESUME_KEYS",
     "Settings",
     "SettingsError",
+    "curvature_summary",
     "make_optimizer",
     "recorded_config",
 ]
@@ -150,6 +151,14 @@ def _curvature_config(settings: Settings) -> dict[str, Any]:
         "curvature_decay": settings.curvature_decay if used else None,
         "inverse_every": settings.inverse_every if kfac else None,
     }
+
+
+def curvature_summary(settings: Settings) -> str:
+    """The curvature settings in the run's opening line ("" for the other optimizers)."""
+    if settings.optimizer not in CURVATURE_OPTIMIZERS:
+        return ""
+    kfac = f" inverse_every={settings.inverse_every}" if settings.optimizer == "kfac" else ""
+    return f" damping={settings.damping:g} decay={settings.curvature_decay:g}{kfac}"
 
 
 def make_optimizer(
