@@ -15,10 +15,10 @@ from manual_bp import nn, value_and_grad, value_and_jvp, value_grad_and_deltas
 LOSS = "softmax_cross_entropy"
 
 
-def _stack():
+def _stack(n=6, width=8):
     layers = []
-    for i in range(6):
-        layers += [nn.Dense(8, name=f"d{i}"), nn.Tanh(name=f"t{i}")]
+    for i in range(n):
+        layers += [nn.Dense(width, name=f"d{i}"), nn.Tanh(name=f"t{i}")]
     return layers
 
 
@@ -64,21 +64,14 @@ def test_remat_serial_matches_the_full_tape_and_the_reference():
             jax.tree.map(np.testing.assert_array_equal, got[1][group][k], g_full[k])
 
 
-def _deep_stack(n, width):
-    layers = []
-    for i in range(n):
-        layers += [nn.Dense(width, name=f"d{i}"), nn.Tanh(name=f"t{i}")]
-    return layers
-
-
 def test_compiled_remat_recomputes_instead_of_keeping_the_tape():
     """Under jit the recomputation survives XLA's optimizations (an optimization barrier alone
     is expanded before CSE on XLA:CPU, which merges the recomputation back into the forward):
     a 16-layer tanh stack of 2048 × 64 activations in groups of 4 needs under 75 % of the full
     tape's temporary memory, with the gradients and the directional derivative of the full
     tape, jitted, to float32 rounding."""
-    full = nn.serial(*_deep_stack(16, 64))
-    light = nn.remat_serial(*_deep_stack(16, 64), every=4)
+    full = nn.serial(*_stack(16, 64))
+    light = nn.remat_serial(*_stack(16, 64), every=4)
     rng = rng_for("remat-compiled")
     x = jnp.asarray(rng.standard_normal((2048, 64)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 64, size=(2048,)), jnp.int32)

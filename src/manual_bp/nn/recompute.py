@@ -12,9 +12,11 @@ The recomputation runs inside a ``lax.cond`` whose predicate XLA cannot know at 
 recomputation, so the result never depends on it). An ``optimization_barrier`` alone, as
 ``jax.checkpoint`` uses, does not survive XLA:CPU's pipeline: the barrier is expanded before
 common-subexpression elimination, which merges the recomputation back into the forward, and
-the full tape is kept after all (measured, ``benchmarks/tape_policies.py``: a 32-layer tanh MLP,
-batch 4096 × 256, groups of 8: ``jax.checkpoint`` on the reference 164 MiB of XLA temp memory,
-no checkpoint 136 MiB; the full handwritten tape 132 MiB, ``remat_serial`` 52 MiB). CSE does not reach into a conditional's branches, on any backend.
+the full tape is kept after all (measured, ``benchmarks/tape_policies.py``: a 32-layer tanh
+MLP, batch 4096 × 256, groups of 8: ``jax.checkpoint`` on the reference 164 MiB of XLA temp
+memory, no checkpoint 136 MiB; the full handwritten tape 132 MiB, ``remat_serial`` 52 MiB).
+CSE works within one computation and does not merge a conditional's branches with the
+computation around it.
 """
 
 from __future__ import annotations
