@@ -6,12 +6,14 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
 
 from manual_bp.bench.curvature import (
     KFAC_JAX_MODES,
     curvature_cases,
     curvature_markdown,
+    kron_misfit,
     main,
     quantities,
 )
@@ -75,3 +77,19 @@ def test_what_does_not_apply_is_skipped_with_the_reason():
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="nope"):
         main(["--tiny", "--models", "nope"])
+
+
+@pytest.mark.parametrize("size", [1e-2, 1e-7, 0.0])
+def test_kron_misfit_equals_the_fitted_kronecker_residual(size):
+    """The misfit kfac-jax's factors are reported with, without forming A ⊗ G, against the
+    explicit products' least-squares residual (small factors); near 1e-7 it does not cancel."""
+    rng = np.random.default_rng(17)
+    a, g = rng.standard_normal((5, 5)), rng.standard_normal((4, 4))
+    b = 0.5 * a + size * rng.standard_normal((5, 5))
+    h = 3.0 * g + size * rng.standard_normal((4, 4))
+    t, o = np.kron(a, g), np.kron(b, h)
+    want = np.linalg.norm(t - np.vdot(t, o) / np.vdot(o, o) * o) / np.linalg.norm(t)
+    got = kron_misfit(a, g, b, h)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-15)
+    if size:
+        assert got > size / 10
