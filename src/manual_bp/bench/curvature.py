@@ -306,9 +306,17 @@ def kfac_jax_agreement(case: Case, params: Any, x: Any, y: Any) -> float | None:
     theirs = [[np.asarray(f.value) for f in b.factors] for b in state.blocks_states]
     ours = curvature.kfac_factors(case.net, LOSS, kind="kflr")(params, x, y)
     worst = 0.0
-    for k in ours.values():  # both in forward order
-        a, g = next(t for t in theirs if (t[0].shape, t[1].shape) == (k.a.shape, k.g.shape))
-        theirs.remove([a, g])
+    # kfac-jax's blocks follow the parameter tree's leaves, whose dict keys JAX sorts
+    # ("dense_10" before "dense_2"), not the forward order.
+    if len(theirs) != len(ours):
+        raise ValueError(f"kfac-jax found {len(theirs)} layers, kfac_factors {len(ours)}")
+    for name, (a, g) in zip(sorted(ours), theirs, strict=True):
+        k = ours[name]
+        if (a.shape, g.shape) != (k.a.shape, k.g.shape):
+            raise ValueError(
+                f"{name}: kfac-jax's factors are {a.shape} and {g.shape}, "
+                f"kfac_factors' {k.a.shape} and {k.g.shape}"
+            )
         worst = max(worst, kron_misfit(a, g, np.asarray(k.a), np.asarray(k.g)))
     return worst
 
