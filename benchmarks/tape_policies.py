@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 import reference
 from manual_bp import nn, value_and_grad
-from manual_bp.bench.timing import measure_interleaved
+from manual_bp.bench.timing import call_runner, compiled_memory, measure_interleaved
 from reference.ops import softmax_cross_entropy
 
 LAYERS, WIDTH, BATCH, LOSS = 32, 256, 4096, "softmax_cross_entropy"
@@ -88,15 +88,8 @@ def _measure(title, variants, x, y, repeats):
     temp, runners = {}, {}
     for name, (fn, params) in variants.items():
         compiled = jax.jit(fn).lower(params, x, y).compile()
-        temp[name] = compiled.memory_analysis().temp_size_in_bytes / 2**20
-
-        def run(k, compiled=compiled, params=params):
-            for _ in range(k):
-                out = compiled(params, x, y)
-            jax.block_until_ready(out)
-            return k
-
-        runners[name] = run
+        temp[name] = compiled_memory(compiled)["temp_bytes"] / 2**20
+        runners[name] = call_runner(compiled, params, x, y)
     steps = measure_interleaved(runners, repeats, 0.0)
     base = steps["jax.grad"]["median_s"]
     print(f"\n{title}\n")

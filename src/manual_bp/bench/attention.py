@@ -40,7 +40,7 @@ from .. import nn
 from .._files import atomic_write
 from ..grad import value_and_grad
 from ..rules import flash_attention
-from .timing import measure_interleaved
+from .timing import call_runner, compiled_memory, measure_interleaved
 
 __all__ = [
     "ATTENTION_VARIANTS",
@@ -83,27 +83,6 @@ def tape_bytes(net: nn.Layer, params: Any, x: Any) -> int:
     return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in shapes)
 
 
-def _memory(compiled: Any) -> dict[str, int]:
-    mem = compiled.memory_analysis()
-    out = {
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-    }
-    out["peak_bytes"] = sum(out.values())
-    return out
-
-
-def _runner(compiled: Any, *args: Any):
-    def run(k: int) -> int:
-        for _ in range(k):
-            out = compiled(*args)
-        jax.block_until_ready(out)
-        return k
-
-    return run
-
-
 def measure_length(
     t: int, block: int = 128, timed: bool = True, repeats: int = 3, block_s: float = 0.0
 ) -> dict[str, dict[str, Any]]:
@@ -125,9 +104,9 @@ def measure_length(
         params = net.init(jax.random.key(0), ids.shape)
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(params, ids, ids).compile()
-        rows[name] = {"compile_s": time.perf_counter() - t0, **_memory(compiled)}
+        rows[name] = {"compile_s": time.perf_counter() - t0, **compiled_memory(compiled)}
         rows[name]["tape_bytes"] = None if name == "jax.grad" else tape_bytes(net, params, ids)
-        runners[name] = _runner(compiled, params, ids, ids)
+        runners[name] = call_runner(compiled, params, ids, ids)
     if timed:
         steps = measure_interleaved(runners, repeats, block_s)
         for name, row in rows.items():
@@ -159,7 +138,7 @@ def causal_speedup(
                 return y, flash_attention.bwd(res, g, **static)[:9]
 
             compiled = jax.jit(fwd_bwd).lower(x, ws, bs, g).compile()
-            runners["causal" if causal else "full"] = _runner(compiled, x, ws, bs, g)
+            runners["causal" if causal else "full"] = call_runner(compiled, x, ws, bs, g)
         steps = measure_interleaved(runners, repeats, block_s)
         ratio = steps["causal"]["median_s"] / steps["full"]["median_s"]
         out[str(t)] = {**steps, "causal_over_full": ratio}

@@ -51,7 +51,7 @@ from .. import curvature, nn
 from .._files import atomic_write
 from ..grad import hvp, value_and_grad
 from .models import LOSS, Case, build_cases
-from .timing import Runner, measure_interleaved
+from .timing import Runner, call_runner, measure_interleaved
 
 __all__ = [
     "CURVATURE_MODELS",
@@ -342,17 +342,6 @@ def kron_misfit(a: np.ndarray, g: np.ndarray, b: np.ndarray, h: np.ndarray) -> f
     return float(np.sqrt(max(d_a + d_g - d_a * d_g, 0.0) * (1 + c_a * c_g)))
 
 
-def _runner(fn: Callable[..., Any], args: tuple[Any, ...]) -> Runner:
-    def run(k: int) -> int:
-        out = None
-        for _ in range(k):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        return k
-
-    return run
-
-
 def measure_model(case: Case, repeats: int, block_s: float) -> dict[str, Any]:
     """Every applicable quantity of one model: median seconds, its ratio to the gradient,
     compile seconds; and the quantities skipped, with why."""
@@ -368,7 +357,7 @@ def measure_model(case: Case, repeats: int, block_s: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(params, x, y, k_mc).compile()
         compile_s[name] = time.perf_counter() - t0
-        runners[name] = _runner(compiled, (params, x, y, k_mc))
+        runners[name] = call_runner(compiled, params, x, y, k_mc)
     times = measure_interleaved(runners, repeats, block_s)
     base = times["gradient"]["median_s"]
     rows = {

@@ -25,7 +25,7 @@ import reference
 from .. import forward_grad
 from ..grad import value_and_grad, value_and_jvp
 from .models import LOSS, Case
-from .timing import Runner
+from .timing import Runner, call_runner
 
 __all__ = ["LR", "compile_report", "jvp_runner", "loop_runner", "make_step", "scan_runner"]
 
@@ -118,14 +118,7 @@ def jvp_runner(case: Case, kind: str, params: Any, batch: Any) -> Runner:
             return reference.FORWARD[LOSS](reference.forward(case.net, p, x, train=True), y)
 
         f = jax.jit(lambda p, x, y: jax.jvp(lambda q: loss(q, x, y), (p,), (v,)))
-
-    def run(k: int) -> int:
-        for _ in range(k):
-            out = f(params, x, y)
-        jax.block_until_ready(out)
-        return k
-
-    return run
+    return call_runner(f, params, x, y)
 
 
 def _memory(compiled: Any) -> dict[str, int]:

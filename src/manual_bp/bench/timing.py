@@ -17,11 +17,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Runner", "matmul_ceiling", "matmul_runner", "measure_interleaved", "time_steps"]
+__all__ = [
+    "Runner",
+    "call_runner",
+    "compiled_memory",
+    "matmul_ceiling",
+    "matmul_runner",
+    "measure_interleaved",
+    "time_steps",
+]
 
 Runner = Callable[[int], int]
 """``run(k)`` performs k units of work (steps, or scanned epochs), waits for the result and
 returns how many training steps that was."""
+
+
+def call_runner(fn: Callable[..., Any], *args: Any) -> Runner:
+    """The runner that calls ``fn(*args)`` k times (one step each) and waits for the last."""
+
+    def run(k: int) -> int:
+        out = None
+        for _ in range(k):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        return k
+
+    return run
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+    """XLA's memory analysis of a compiled program: temp, argument and output bytes, and
+    their sum as ``peak_bytes``."""
+    mem = compiled.memory_analysis()
+    out = {
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+    }
+    out["peak_bytes"] = sum(out.values())
+    return out
 
 
 def _stats(samples: Sequence[float]) -> dict[str, float]:
@@ -90,15 +124,7 @@ def matmul_runner(n: int, dtype: Any) -> Runner:
     k1, k2 = jax.random.split(jax.random.key(n))
     a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
-    dot = jax.jit(jnp.dot)
-
-    def run(k: int) -> int:
-        for _ in range(k):
-            c = dot(a, b)
-        jax.block_until_ready(c)
-        return k
-
-    return run
+    return call_runner(jax.jit(jnp.dot), a, b)
 
 
 def matmul_ceiling(
