@@ -88,7 +88,7 @@ def _measure(title, variants, x, y, repeats):
     temp, runners = {}, {}
     for name, (fn, params) in variants.items():
         compiled = jax.jit(fn).lower(params, x, y).compile()
-        temp[name] = compiled_memory(compiled)["temp_bytes"] / 2**20
+        temp[name] = compiled_memory(compiled)["temp"] / 2**20
         runners[name] = call_runner(compiled, params, x, y)
     steps = measure_interleaved(runners, repeats, 0.0)
     base = steps["jax.grad"]["median_s"]

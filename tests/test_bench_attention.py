@@ -21,7 +21,9 @@ def test_a_tiny_run_writes_its_tables_and_figures(tmp_path):
     for t, rows in results["lengths"].items():
         assert list(rows) == list(ATTENTION_VARIANTS)
         for name, r in rows.items():
-            assert r["peak_bytes"] == r["temp_bytes"] + r["argument_bytes"] + r["output_bytes"]
+            m = r["xla_memory_bytes"]
+            assert m["temp"] > 0 and m["argument"] > 0 and m["output"] > 0, m
+            assert m["total"] == m["temp"] + m["argument"] + m["output"] - m["alias"]
             assert (r["tape_bytes"] is None) == (name == "jax.grad")
             assert ("step" in r) == (t == "16"), (t, name)
     assert results["lengths"]["16"]["jax.grad"]["over_jax_grad"] == 1.0

@@ -9,11 +9,12 @@ causal) trained with softmax cross-entropy, in three variants:
   whose tape keeps the T×T probabilities;
 * ``jax.grad``: ``jax.grad`` of the reference network (plain attention).
 
-For each T: XLA's ``memory_analysis()`` of the compiled step (compiled, not run: temp,
-argument and output bytes; ``peak`` is their sum), the handwritten tape's bytes from the
-forward's shapes (each distinct array once), and, up to ``--time-up-to``, the step time,
-measured interleaved (:func:`~manual_bp.bench.timing.measure_interleaved`) and reported as a
-ratio to ``jax.grad``'s in the same run. :func:`causal_speedup` times the blockwise rule
+For each T: XLA's memory of the compiled step, compiled and not run (temp, argument and
+output bytes and their ``total``: :func:`~manual_bp.bench.timing.compiled_memory`), the
+handwritten tape's bytes from the forward's shapes (each distinct array once), and, up to
+``--time-up-to``, the step time, measured interleaved
+(:func:`~manual_bp.bench.timing.measure_interleaved`) and reported as a ratio to
+``jax.grad``'s in the same run. :func:`causal_speedup` times the blockwise rule
 alone, forward and backward, with and without its causal mask (which skips the key blocks
 above the diagonal). :func:`plot_attention` draws memory and time against T on log–log axes
 (matplotlib, Agg; the ``data`` extra).
@@ -87,7 +88,7 @@ def measure_length(
     t: int, block: int = 128, timed: bool = True, repeats: int = 3, block_s: float = 0.0
 ) -> dict[str, dict[str, Any]]:
     """One T: per variant of :data:`ATTENTION_VARIANTS`, XLA's memory of the compiled step
-    (``temp_bytes``, ``argument_bytes``, ``output_bytes``, ``peak_bytes``), the tape's bytes
+    (``xla_memory_bytes``: :func:`~manual_bp.bench.timing.compiled_memory`), the tape's bytes
     (``tape_bytes``, ``None`` for ``jax.grad``) and, when ``timed``, the step time
     (``step``: :func:`~manual_bp.bench.timing.measure_interleaved`'s statistics, ``repeats``
     rounds of about ``block_s`` seconds, at least one step each) and ``over_jax_grad``."""
@@ -104,7 +105,10 @@ def measure_length(
         params = net.init(jax.random.key(0), ids.shape)
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(params, ids, ids).compile()
-        rows[name] = {"compile_s": time.perf_counter() - t0, **compiled_memory(compiled)}
+        rows[name] = {
+            "compile_s": time.perf_counter() - t0,
+            "xla_memory_bytes": compiled_memory(compiled),
+        }
         rows[name]["tape_bytes"] = None if name == "jax.grad" else tape_bytes(net, params, ids)
         runners[name] = call_runner(compiled, params, ids, ids)
     if timed:
@@ -161,8 +165,9 @@ def attention_markdown(results: dict[str, Any]) -> str:
             step = r.get("step")
             ms = "—" if step is None else f"{1e3 * step['median_s']:.1f}"
             ratio = "—" if step is None else f"{r['over_jax_grad']:.2f}"
+            mem = r["xla_memory_bytes"]
             lines.append(
-                f"| {t} | {name} | {_mib(r['peak_bytes'])} | {_mib(r['temp_bytes'])} | "
+                f"| {t} | {name} | {_mib(mem['total'])} | {_mib(mem['temp'])} | "
                 f"{_mib(r['tape_bytes'])} | {ms} | {ratio} |"
             )
     if results.get("causal"):
@@ -200,7 +205,7 @@ def plot_attention(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name in ATTENTION_VARIANTS:
         ax.plot(
-            *series(name, lambda r: r["peak_bytes"] / 2**20),
+            *series(name, lambda r: r["xla_memory_bytes"]["total"] / 2**20),
             "o-",
             color=colors[name],
             label=f"{name}: XLA peak",

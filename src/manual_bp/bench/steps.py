@@ -25,7 +25,7 @@ import reference
 from .. import forward_grad
 from ..grad import value_and_grad, value_and_jvp
 from .models import LOSS, Case
-from .timing import Runner, call_runner
+from .timing import Runner, call_runner, compiled_memory
 
 __all__ = ["LR", "compile_report", "jvp_runner", "loop_runner", "make_step", "scan_runner"]
 
@@ -121,22 +121,8 @@ def jvp_runner(case: Case, kind: str, params: Any, batch: Any) -> Runner:
     return call_runner(f, params, x, y)
 
 
-def _memory(compiled: Any) -> dict[str, int]:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # some backends do not report it
-        return {}
-    if m is None:
-        return {}
-    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
-    out = {f.removesuffix("_size_in_bytes"): int(getattr(m, f, 0)) for f in fields}
-    out["alias"] = int(getattr(m, "alias_size_in_bytes", 0))
-    out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
-    return out
-
-
 def compile_report(step: Callable[..., Any], carry: Any, batch: Any) -> dict[str, Any]:
     """Seconds to trace, lower and compile a fresh jit of ``step``, and XLA's memory figures."""
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(carry, batch).compile()
-    return {"compile_s": time.perf_counter() - t0, "xla_memory_bytes": _memory(compiled)}
+    return {"compile_s": time.perf_counter() - t0, "xla_memory_bytes": compiled_memory(compiled)}

@@ -46,15 +46,19 @@ def call_runner(fn: Callable[..., Any], *args: Any) -> Runner:
 
 
 def compiled_memory(compiled: Any) -> dict[str, int]:
-    """XLA's memory analysis of a compiled program: temp, argument and output bytes, and
-    their sum as ``peak_bytes``."""
-    mem = compiled.memory_analysis()
-    out = {
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-    }
-    out["peak_bytes"] = sum(out.values())
+    """XLA's memory analysis of a compiled program, compiled and not run: ``temp``,
+    ``argument``, ``output`` and ``alias`` bytes, and ``total`` = temp + argument + output −
+    alias (the buffers live at once); ``{}`` on a backend that does not report it."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends do not report it
+        return {}
+    if m is None:
+        return {}
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
+    out = {f.removesuffix("_size_in_bytes"): int(getattr(m, f, 0)) for f in fields}
+    out["alias"] = int(getattr(m, "alias_size_in_bytes", 0))
+    out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
     return out
 
 
