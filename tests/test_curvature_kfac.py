@@ -26,7 +26,11 @@ NET_TOL = tolerance_for(F64, "network")
 
 def ggn_block(net, loss, params, x, y, path, w="w", b="b"):
     """The exact GGN block of vec([W; b]) of weight ``w`` (and its bias ``b``, where the layer
-    has it) of the layer at ``path`` (row-major, bias last)."""
+    has it) of the layer at ``path`` (row-major, bias last), in one jitted program."""
+    return jax.jit(lambda p, x, y: _ggn_block(net, loss, p, x, y, path, w, b))(params, x, y)
+
+
+def _ggn_block(net, loss, params, x, y, path, w, b):
     out = reference.forward(net, params, x)
     m = out.size
     hess = jax.hessian(lambda o: reference.FORWARD[loss](o, y))(out).reshape(m, m)

@@ -212,9 +212,13 @@ def test_expand_and_reduce_match_their_definitions(kind):
     eps = _zeros(kind, params, path, x)
     out, inputs = _perturbed(kind, params, path, x, eps)
     assert_close(out, reference.forward(net, params, x), F64, "written-out forward", tol=NET_TOL)
-    jac = jax.jacobian(lambda e: _perturbed(kind, params, path, x, e)[0])(eps)
     m = out.size
-    hess = jnp.reshape(jax.hessian(lambda o: reference.FORWARD[LOSS](o, y))(out), (m, m))
+    jac, hess = jax.jit(
+        lambda e, o: (
+            jax.jacobian(lambda e: _perturbed(kind, params, path, x, e)[0])(e),
+            jnp.reshape(jax.hessian(lambda o: reference.FORWARD[LOSS](o, y))(o), (m, m)),
+        )
+    )(eps, out)
     fns = [curvature.kfac_factors(net, LOSS, kind="kflr", setting=s) for s in curvature.SETTINGS]
     expand, reduce = jax.jit(lambda p, x, y: [f(p, x, y)[path] for f in fns])(params, x, y)
     expand, reduce = _by_weight(kind, expand), _by_weight(kind, reduce)
