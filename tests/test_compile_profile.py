@@ -10,8 +10,13 @@ pytest_plugins = ["pytester"]
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_a_run_lists_its_files_with_their_compiles(pytester, monkeypatch):
+def test_a_run_lists_its_files_with_their_compiles(pytester, monkeypatch, tmp_path):
+    # The inner run is a controller with its own folder; the outer run's is restored after.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.setenv("COMPILE_PROFILE_DIR", str(tmp_path))
+    import compile_profile
+
+    monkeypatch.setattr(compile_profile, "_rows", [])  # the inner run's rows stay its own
     pytester.makepyfile(
         test_two_compiles="""
         import jax
