@@ -25,6 +25,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from manual_bp.verify.audit import write_json
+
 _DIR_ENV = "COMPILE_PROFILE_DIR"
 EVENTS = {
     "trace": "/jax/core/compile/jaxpr_trace_duration",
@@ -67,7 +69,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     folder = os.environ.get(_DIR_ENV)
     if folder and _rows:
-        Path(folder, f"{worker}.json").write_text(json.dumps(_rows))
+        write_json(Path(folder, f"{worker}.json"), _rows)
 
 
 def summarize(rows: list[dict], top: int = 25) -> list[str]:
@@ -110,7 +112,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(line)
     out = os.environ.get("COMPILE_PROFILE_JSON")
     if out:
-        Path(out).write_text(json.dumps(rows, indent=1))
+        write_json(out, rows)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

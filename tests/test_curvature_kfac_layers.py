@@ -214,9 +214,9 @@ def test_expand_and_reduce_match_their_definitions(kind):
     assert_close(out, reference.forward(net, params, x), F64, "written-out forward", tol=NET_TOL)
     m = out.size
     jac, hess = jax.jit(
-        lambda e, o: (
-            jax.jacobian(lambda e: _perturbed(kind, params, path, x, e)[0])(e),
-            jnp.reshape(jax.hessian(lambda o: reference.FORWARD[LOSS](o, y))(o), (m, m)),
+        lambda eps, out: (
+            jax.jacobian(lambda e: _perturbed(kind, params, path, x, e)[0])(eps),
+            jnp.reshape(jax.hessian(lambda o: reference.FORWARD[LOSS](o, y))(out), (m, m)),
         )
     )(eps, out)
     fns = [curvature.kfac_factors(net, LOSS, kind="kflr", setting=s) for s in curvature.SETTINGS]
