@@ -103,20 +103,21 @@ def _evaluate(row: Row, with_jvp: bool = True):
     ``with_jvp``)."""
     rule, ref = RULES[row.rule], reference.FORWARD[row.rule]
 
-    def vjp_of(fn, primals, ct):
-        out, vjp = jax.vjp(
-            lambda *diff: fn(*with_diff(row, primals, diff), **row.static),
-            *(primals[i] for i in row.diff),
-        )
-        return out, vjp(ct)
-
-    def jvps_of(fn, primals, tangents):
+    def autodiff_of(fn, primals, ct, tangents=None):
+        """``fn``'s output, ``jax.vjp`` of it at ``ct`` and (given ``tangents``) ``jax.jvp`` of
+        it along each: one ``jax.linearize``, whose linear map is vmapped over the tangents and
+        transposed for the cotangent (what ``jax.vjp`` computes), so the program holds ``fn``'s
+        forward once, not once per mode."""
         at = tuple(primals[i] for i in row.diff)
 
         def f(*diff):
             return fn(*with_diff(row, primals, diff), **row.static)
 
-        return jax.vmap(lambda *ts: jax.jvp(f, at, ts)[1])(*tangents)
+        if tangents is None:
+            out, vjp = jax.vjp(f, *at)
+            return out, vjp(ct), None
+        out, linear = jax.linearize(f, *at)
+        return out, jax.linear_transpose(linear, *at)(ct), jax.vmap(linear)(*tangents)
 
     def handwritten_jvps(res, n, tangents):
         def one(*ts):
@@ -134,16 +135,18 @@ def _evaluate(row: Row, with_jvp: bool = True):
         def own_fwd(*a, **k):
             return rule.fwd(*a, **k)[0]
 
-        own = vjp_of(own_fwd, primals, ct)
-        results = Results(out, cts, *own, *vjp_of(ref, primals, ct))
-        if rule.jvp is None or not with_jvp:
+        forward = rule.jvp is not None and with_jvp
+        tangents = tangents_for(primals, row.diff, TANGENTS, 0) if forward else None
+        *own, own_jvp = autodiff_of(own_fwd, primals, ct, tangents)
+        *theirs, ref_jvp = autodiff_of(ref, primals, ct, tangents)
+        results = Results(out, cts, *own, *theirs)
+        if not forward:
             return results
-        tangents = tangents_for(primals, row.diff, TANGENTS, 0)
         return results._replace(
             tangents=tangents,
             jvp=handwritten_jvps(res, len(primals), tangents),
-            own_jvp=jvps_of(own_fwd, primals, tangents),
-            ref_jvp=jvps_of(ref, primals, tangents),
+            own_jvp=own_jvp,
+            ref_jvp=ref_jvp,
         )
 
     return run
