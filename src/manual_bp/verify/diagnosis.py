@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .oracles import evaluator
-from .tolerances import compare, f64, is_float, tolerance_for
+from .tolerances import compare, f64, float64_copies, is_float, tolerance_for
 
 __all__ = [
     "close",
@@ -99,10 +99,9 @@ def explain(
             )
     if dtype != np.float64:
         with jax.enable_x64(True):
-            p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
             key = tuple(sorted(static.items()))
             ours64, theirs64 = evaluator(rule, key, diff, None, False)(
-                p64, stacked.astype(jnp.float64)
+                float64_copies(primals), jnp.asarray(f64(stacked))
             )[1:3]
             c64 = compare(
                 f64(ours64[i]),

@@ -50,7 +50,7 @@ def jvp_shape_problem(rule: Any, primals: tuple, diff: tuple, static: dict) -> s
     shape and dtype), traced abstractly; ``None`` when it can."""
     try:
         out, res = jax.eval_shape(lambda *p: rule.fwd(*p, **static), *primals)
-        tangents = tangents_for(primals, diff, 1, 0)
+        tangents = jax.eval_shape(lambda: tangents_for(primals, diff, 1, 0))
         padded: list[Any] = [None] * len(primals)
         for i, t in zip(diff, tangents, strict=True):
             padded[i] = jax.ShapeDtypeStruct(t.shape[1:], t.dtype)

@@ -19,13 +19,12 @@ import numpy as np
 import reference
 
 from ..rules import RULES, Rule
-from .tolerances import MAX_FD_ELEMENTS, compare, is_float
+from .tolerances import MAX_FD_ELEMENTS, compare, f64, float64_copies
 
 __all__ = [
     "Evaluation",
     "TangentResults",
     "bind",
-    "bwd64",
     "difference_quotients",
     "evaluator",
     "fd_evaluator",
@@ -170,39 +169,32 @@ def evaluator(rule: Rule, static: tuple, diff: tuple, ref_fn: Any, forward: bool
 
 
 @try_cache
-def bwd64(rule: Rule, static: tuple):
-    """The rule's forward and backward, jitted (used on float64 copies of the primals)."""
+def fd_evaluator(rule: Rule, static: tuple, indices: tuple[int, ...]):
+    """Jitted float64 central and one-sided differences of φ(x) = ⟨g, fwd(x)⟩ along given
+    directions of each primal in ``indices`` (the others held fixed), all in one program:
+    ``(primals, g, directions, steps) -> ((central, left, right), ...)``, one triple per index,
+    with ``directions`` and ``steps`` given per index too."""
     kw = dict(static)
 
-    def run(primals, g):
-        _, res = rule.fwd(*primals, **kw)
-        return rule.bwd(res, g, **kw)
-
-    return jax.jit(run)
-
-
-@try_cache
-def fd_evaluator(rule: Rule, static: tuple, index: int):
-    """Jitted float64 central and one-sided differences of φ(x) = ⟨g, fwd(x)⟩ along each
-    basis direction of primal ``index`` (or along given directions)."""
-    kw = dict(static)
-
-    def phi(primals, x, g):
+    def phi(primals, index, x, g):
         full = list(primals)
         full[index] = x
         out = rule.fwd(*full, **kw)[0]
         return jnp.sum(out * g)
 
-    def run(primals, g, directions, h):
-        x = primals[index]
+    def run(primals, g, directions, steps):
+        results = []
+        for index, dirs, h in zip(indices, directions, steps, strict=True):
+            x = primals[index]
+            at = phi(primals, index, x, g)
 
-        def one(v):
-            at = phi(primals, x, g)
-            plus = phi(primals, x + h * v, g)
-            minus = phi(primals, x - h * v, g)
-            return (plus - minus) / (2 * h), (at - minus) / h, (plus - at) / h
+            def one(v, index=index, x=x, h=h, at=at):
+                plus = phi(primals, index, x + h * v, g)
+                minus = phi(primals, index, x - h * v, g)
+                return (plus - minus) / (2 * h), (at - minus) / h, (plus - at) / h
 
-        return jax.vmap(one)(directions)
+            results.append(jax.vmap(one)(dirs))
+        return tuple(results)
 
     return jax.jit(run)
 
@@ -214,29 +206,42 @@ def reference_forward(rule: Rule):
     return reference.FORWARD.get(rule.name)
 
 
-def difference_quotients(rule, static, primals, g, i):
-    """Float64 differences of ⟨g, fwd⟩ along primal i: ``(a, central, left, right)`` per element
-    (``a`` the rule's float64 cotangent), or ``(⟨a, v⟩, central, None, None)`` along 16 random
-    directions v for a large primal; None where they do not apply."""
+def difference_quotients(rule, static, primals, g, cotangents: dict) -> dict:
+    """Float64 differences of ⟨g, fwd⟩ along each primal i of ``cotangents`` (``{i: the rule's
+    float64 cotangent of primal i at g}``), evaluated by one jitted program for all of them:
+    ``{i: (a, central, left, right)}`` per element, or ``(⟨a, v⟩, central, None, None)`` along
+    16 random directions v for a large primal. A primal that is not finite, or whose cotangent
+    has another shape, is left out."""
     with jax.enable_x64(True):
-        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
-        g64 = jnp.asarray(g).astype(jnp.float64)
-        x = p64[i]
-        if not bool(jnp.all(jnp.isfinite(x))):
-            return None
-        a = bwd64(rule, tuple(sorted(static.items())))(p64, g64)[i]
-        if a is None or a.shape != x.shape:
-            return None
-        a = np.asarray(a, np.float64)
-        h = 1e-6 * max(1.0, float(np.max(np.abs(np.asarray(x, np.float64)), initial=0)))
-        fd = fd_evaluator(rule, tuple(sorted(static.items())), i)
-        if x.size <= MAX_FD_ELEMENTS:
-            basis = jnp.eye(x.size, dtype=jnp.float64).reshape((x.size, *x.shape))
-            central, left, right = (np.asarray(v).reshape(x.shape) for v in fd(p64, g64, basis, h))
-            return a, central, left, right
-        dirs = jnp.asarray(np.random.default_rng(0).standard_normal((16, *x.shape)), jnp.float64)
-        central, _, _ = fd(p64, g64, dirs, h)
-        return np.tensordot(np.asarray(dirs), a, axes=a.ndim), np.asarray(central), None, None
+        p64 = float64_copies(primals)
+        g64 = jnp.asarray(f64(g))
+        todo = {}
+        for i, a in cotangents.items():
+            x = f64(p64[i])
+            if a is not None and a.shape == x.shape and np.all(np.isfinite(x)):
+                todo[i] = (f64(a), x)
+        if not todo:
+            return {}
+        directions, steps = [], []
+        for _, x in todo.values():
+            steps.append(1e-6 * max(1.0, float(np.max(np.abs(x), initial=0))))
+            if x.size <= MAX_FD_ELEMENTS:
+                directions.append(jnp.asarray(np.eye(x.size).reshape((x.size, *x.shape))))
+            else:
+                dirs = np.random.default_rng(0).standard_normal((16, *x.shape))
+                directions.append(jnp.asarray(dirs, jnp.float64))
+        fd = fd_evaluator(rule, tuple(sorted(static.items())), tuple(todo))
+        quotients = fd(p64, g64, tuple(directions), tuple(steps))
+        raw = {}
+        for (i, (a, x)), dirs, (central, left, right) in zip(
+            todo.items(), directions, quotients, strict=True
+        ):
+            if x.size <= MAX_FD_ELEMENTS:
+                raw[i] = (a, *(np.asarray(v).reshape(x.shape) for v in (central, left, right)))
+            else:
+                along = np.tensordot(np.asarray(dirs), a, axes=a.ndim)
+                raw[i] = (along, np.asarray(central), None, None)
+        return raw
 
 
 def finite_difference_comparison(raw, name, dtype, global_scale):

@@ -50,6 +50,7 @@ from .tolerances import (
     check_tolerance,
     compare,
     f64,
+    float64_copies,
     is_float,
     tolerance_for,
 )
@@ -189,7 +190,7 @@ def check_rule(
         if hasattr(cotangents, "shape"):
             cotangents = [cotangents]
         cts = [validate_cotangent(rule.name, g, out) for g in cotangents]
-    stacked = jnp.stack(cts)
+    stacked = jnp.asarray(np.stack([np.asarray(g) for g in cts]))
 
     ref_fn = reference_forward(rule)
     key = tuple(sorted(static.items()))
@@ -235,12 +236,13 @@ def check_rule(
     kinks: dict[int, np.ndarray] = {}
     fd_results: dict[int, Comparison] = {}
     if finite_differences:
-        raw = {
-            i: difference_quotients(rule, static, primals, cts[0], i)
+        # the rule's float64 cotangents at the first cotangent, from the float64 evaluation
+        a64 = {
+            i: f64(ev64.ours[i])[0]
             for i in diff
-            if ours[i] is not None and ours[i].shape[1:] == primals[i].shape
+            if ours[i] is not None and ev64.ours[i] is not None
         }
-        raw = {i: r for i, r in raw.items() if r is not None}
+        raw = difference_quotients(rule, static, primals, cts[0], a64)
         top = max((float(np.max(np.abs(r[1]), initial=0)) for r in raw.values()), default=0.0)
         for i, r in raw.items():
             fd_results[i], kinks[i] = finite_difference_comparison(r, names[i], dtype, top)
@@ -383,8 +385,8 @@ def evaluation64_of(
     """The evaluator's result on float64 copies of the float primals and the cotangents (the
     tangents drawn from ``seed`` are the same in every dtype)."""
     with jax.enable_x64(True):
-        p64 = tuple(p.astype(jnp.float64) if is_float(p) else p for p in primals)
-        return evaluator(rule, key, diff, ref_fn, forward)(p64, stacked.astype(jnp.float64), seed)
+        p64, s64 = float64_copies(primals), jnp.asarray(f64(stacked))
+        return evaluator(rule, key, diff, ref_fn, forward)(p64, s64, seed)
 
 
 def assert_rule_correct(rule: Rule | str, *primals: Any, **kwargs: Any) -> RuleReport:
