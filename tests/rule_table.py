@@ -3,8 +3,9 @@ and the one jitted evaluation of a row that the rule tests share: backward and f
 
 :func:`row_results` evaluates every case of a row (each dtype, shape and input domain) in one
 compiled program, cached per row: the table's tests in backward and forward mode and the eager
-comparison read it. :func:`vjp_evaluator` (backward mode only, cached per row and compiled per
-shape) serves the finite differences, the property tests and the adapter's table;
+comparison read it, and the finite differences evaluate their moved points with the same
+program (:func:`row_evaluator`). :func:`vjp_evaluator` (backward mode only, cached per row and
+compiled per shape) serves the property tests and the adapter's table;
 :func:`evaluator` evaluates one case in both modes.
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "evaluator",
     "out_struct",
     "primals_for",
+    "row_evaluator",
     "row_results",
     "vjp_evaluator",
     "with_diff",
@@ -185,15 +187,26 @@ def case_inputs(row: Row, dtype, shape, domain: str) -> tuple[tuple, Any]:
     return primals, ct
 
 
+def _pairs(row: Row) -> list[tuple[Any, Any]]:
+    return [(dtype, shape) for dtype in row.dtypes for shape in row.shapes]
+
+
+@functools.cache
+def _row_program(row: Row):
+    """The row's one jitted program: :func:`evaluator`'s computation at every (dtype, shape)
+    of the row at once, ``[(primals, ct), ...] -> [Results, ...]``."""
+    run = _evaluate(row)
+    return jax.jit(lambda args: [run(primals, ct) for primals, ct in args])
+
+
 @functools.cache
 def row_results(row: Row) -> dict[tuple[Any, Any, str], Results]:
     """Every case of the row, ``{(dtype, shape, domain): Results}``, from one compiled program
     (one XLA compile per table row, not one per dtype and shape): :func:`evaluator`'s
     computation at every (dtype, shape) of the row at once, called once per input domain.
     (bfloat16 at |x| ~ 1e3 is evaluated for the program's shape and not returned.)"""
-    pairs = [(dtype, shape) for dtype in row.dtypes for shape in row.shapes]
-    run = _evaluate(row)
-    program = jax.jit(lambda args: [run(primals, ct) for primals, ct in args])
+    pairs = _pairs(row)
+    program = _row_program(row)
     wanted = set(cases(row))
     results = {}
     for domain in row.domains():
@@ -202,3 +215,20 @@ def row_results(row: Row) -> dict[tuple[Any, Any, str], Results]:
             if (dtype, shape, domain) in wanted:
                 results[dtype, shape, domain] = r
     return results
+
+
+def row_evaluator(row: Row, dtype, shape):
+    """``(primals, ct) -> Results`` at one (dtype, shape) of the row, evaluated by the row's one
+    compiled program (its other pairs at their ordinary inputs): what the finite differences
+    call at their moved points, without a compile of their own."""
+    pairs = _pairs(row)
+    k = pairs.index((dtype, shape))
+    base = [case_inputs(row, d, s, "normal") for d, s in pairs]
+    program = _row_program(row)
+
+    def run(primals, ct):
+        args = list(base)
+        args[k] = (primals, ct)
+        return program(args)[k]
+
+    return run

@@ -37,8 +37,8 @@ from rule_table import (
     cases,
     out_struct,
     primals_for,
+    row_evaluator,
     row_results,
-    vjp_evaluator,
     with_diff,
 )
 
@@ -129,10 +129,9 @@ FD_CASES = [_grouped(row, shape, id=f"{row.id}-{shape}") for row in ROWS for sha
 
 @pytest.mark.parametrize(("row", "shape"), FD_CASES)
 def test_finite_differences_float64(row, shape):
-    """``check_vjp`` of the rule's fwd and bwd, both evaluated by the row's jitted backward-mode
-    program."""
+    """``check_vjp`` of the rule's fwd and bwd, both evaluated by the row's one jitted program."""
     primals = primals_for(row, F64, shape, "normal")
-    run = vjp_evaluator(row)
+    run = row_evaluator(row, F64, shape)
     zero = jnp.zeros(out_struct(row, primals).shape, F64)
 
     def f(*diff):
@@ -156,12 +155,12 @@ def test_finite_differences_float64(row, shape):
 @pytest.mark.parametrize(("row", "shape"), FD_CASES)
 def test_jvp_finite_differences_float64(row, shape):
     """Central differences of fwd along each tangent, (f(x + h t) − f(x − h t)) / 2h, against
-    the jvp at the table's float64 case, kink-aware (the row's jitted backward-mode program
-    evaluates the moved points)."""
+    the jvp at the table's float64 case, kink-aware (the row's one jitted program evaluates the
+    moved points)."""
     if RULES[row.rule].jvp is None:
         pytest.skip(f"{row.rule} has no jvp (reverse-only)")
     primals = primals_for(row, F64, shape, "normal")
-    run = vjp_evaluator(row)
+    run = row_evaluator(row, F64, shape)
     zero = jnp.zeros(out_struct(row, primals).shape, F64)
     r = row_results(row)[F64, shape, "normal"]
     at = [primals[i] for i in row.diff]
