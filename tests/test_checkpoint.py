@@ -221,6 +221,22 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path):
         assert (b / name).stat().st_size > 1000
 
 
+def test_plots_skip_the_norm_panels_that_not_every_record_has(tmp_path):
+    """Norms of other kinds than the run's (delta, grad, activation), or in some records only,
+    give no norm figure, not an error; the loss and accuracy plots are written."""
+    from manual_bp.train.report import write_plots
+
+    base = {"train_loss": 1.0, "test_loss": 1.1, "test_accuracy": 0.5}
+    for second in ({"norms": {"other": {"dense": 1.0}}}, {}):
+        records = [{"epoch": 1, **base, "norms": {"other": {"dense": 1.0}}}, {"epoch": 2, **base}]
+        records[1].update(second)
+        written = write_plots(tmp_path, records)
+        assert [p.name for p in written] == ["loss.png", "accuracy.png"]
+    records = [{"epoch": e, **base, "norms": {"grad": {"dense": 1.0 / e}}} for e in (1, 2)]
+    written = write_plots(tmp_path, records)
+    assert [p.name for p in written] == ["loss.png", "accuracy.png", "layer_norms.png"]
+
+
 @pytest.mark.parametrize("variant", ["fa", "kp"])
 def test_cli_feedback_matrices_are_checkpointed_and_resume_exactly(tmp_path, variant):
     """Feedback alignment's fixed B lives in the network state, Kolen–Pollack's learned B in

@@ -198,13 +198,13 @@ def write_plots(folder: str | os.PathLike[str], records: list[dict[str, Any]]) -
     save(fig, "accuracy.png")
 
     norms = [r.get("norms") for r in records]
-    if all(norms):
-        panels = [
-            ("delta", "‖∂C/∂(layer output)‖ per example"),
-            ("grad", "‖∂C/∂W‖ per layer"),
-            ("activation", "‖layer output‖ per example"),
-        ]
-        panels = [(k, t) for k, t in panels if all(k in n for n in norms)]
+    panels = [
+        ("delta", "‖∂C/∂(layer output)‖ per example"),
+        ("grad", "‖∂C/∂W‖ per layer"),
+        ("activation", "‖layer output‖ per example"),
+    ]
+    panels = [(k, t) for k, t in panels if all(norms) and all(k in n for n in norms)]
+    if panels:  # a panel per kind of norm every record has
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
         for ax, (kind, title) in zip(axes[0], panels, strict=True):
             for name in norms[0][kind]:
