@@ -227,9 +227,11 @@ def test_plots_skip_the_norm_panels_that_not_every_record_has(tmp_path):
     from manual_bp.train.report import write_plots
 
     base = {"train_loss": 1.0, "test_loss": 1.1, "test_accuracy": 0.5}
-    for second in ({"norms": {"other": {"dense": 1.0}}}, {}):
-        records = [{"epoch": 1, **base, "norms": {"other": {"dense": 1.0}}}, {"epoch": 2, **base}]
-        records[1].update(second)
+    other = {**base, "norms": {"other": {"dense": 1.0}}}
+    for records in (
+        [{"epoch": 1, **other}, {"epoch": 2, **other}],
+        [{"epoch": 1, **other}, {"epoch": 2, **base}],
+    ):
         written = write_plots(tmp_path, records)
         assert [p.name for p in written] == ["loss.png", "accuracy.png"]
     records = [{"epoch": e, **base, "norms": {"grad": {"dense": 1.0 / e}}} for e in (1, 2)]

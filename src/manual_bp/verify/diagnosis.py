@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .oracles import evaluator
-from .tolerances import compare, f64, float64_copies, is_float, tolerance_for
+from .tolerances import compare, f64, float64_array, float64_copies, is_float, tolerance_for
 
 __all__ = [
     "close",
@@ -101,7 +101,7 @@ def explain(
         with jax.enable_x64(True):
             key = tuple(sorted(static.items()))
             ours64, theirs64 = evaluator(rule, key, diff, None, False)(
-                float64_copies(primals), jnp.asarray(f64(stacked))
+                float64_copies(primals), float64_array(stacked)
             )[1:3]
             c64 = compare(
                 f64(ours64[i]),

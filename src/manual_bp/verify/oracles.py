@@ -19,7 +19,7 @@ import numpy as np
 import reference
 
 from ..rules import RULES, Rule
-from .tolerances import MAX_FD_ELEMENTS, compare, f64, float64_copies
+from .tolerances import MAX_FD_ELEMENTS, compare, f64, float64_array, float64_copies
 
 __all__ = [
     "Evaluation",
@@ -214,10 +214,10 @@ def difference_quotients(rule, static, primals, g, cotangents: dict) -> dict:
     has another shape, is left out."""
     with jax.enable_x64(True):
         p64 = float64_copies(primals)
-        g64 = jnp.asarray(f64(g))
+        g64 = float64_array(g)
         todo = {}
         for i, a in cotangents.items():
-            x = f64(p64[i])
+            x = f64(primals[i])
             if a is not None and a.shape == x.shape and np.all(np.isfinite(x)):
                 todo[i] = (f64(a), x)
         if not todo:
@@ -226,10 +226,10 @@ def difference_quotients(rule, static, primals, g, cotangents: dict) -> dict:
         for _, x in todo.values():
             steps.append(1e-6 * max(1.0, float(np.max(np.abs(x), initial=0))))
             if x.size <= MAX_FD_ELEMENTS:
-                directions.append(jnp.asarray(np.eye(x.size).reshape((x.size, *x.shape))))
+                dirs = np.eye(x.size).reshape((x.size, *x.shape))
             else:
                 dirs = np.random.default_rng(0).standard_normal((16, *x.shape))
-                directions.append(jnp.asarray(dirs, jnp.float64))
+            directions.append(float64_array(dirs))
         fd = fd_evaluator(rule, tuple(sorted(static.items())), tuple(todo))
         quotients = fd(p64, g64, tuple(directions), tuple(steps))
         raw = {}

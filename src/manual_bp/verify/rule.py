@@ -50,6 +50,7 @@ from .tolerances import (
     check_tolerance,
     compare,
     f64,
+    float64_array,
     float64_copies,
     is_float,
     tolerance_for,
@@ -190,7 +191,7 @@ def check_rule(
         if hasattr(cotangents, "shape"):
             cotangents = [cotangents]
         cts = [validate_cotangent(rule.name, g, out) for g in cotangents]
-    stacked = jnp.asarray(np.stack([np.asarray(g) for g in cts]))
+    stacked = jax.device_put(np.stack([np.asarray(g) for g in cts]))
 
     ref_fn = reference_forward(rule)
     key = tuple(sorted(static.items()))
@@ -385,7 +386,7 @@ def evaluation64_of(
     """The evaluator's result on float64 copies of the float primals and the cotangents (the
     tangents drawn from ``seed`` are the same in every dtype)."""
     with jax.enable_x64(True):
-        p64, s64 = float64_copies(primals), jnp.asarray(f64(stacked))
+        p64, s64 = float64_copies(primals), float64_array(stacked)
         return evaluator(rule, key, diff, ref_fn, forward)(p64, s64, seed)
 
 

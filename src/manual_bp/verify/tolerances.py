@@ -13,6 +13,7 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_tolerance",
     "compare",
     "f64",
+    "float64_array",
     "float64_copies",
     "is_float",
     "tolerance_for",
@@ -116,10 +118,17 @@ def f64(x: Any) -> np.ndarray:
     return np.asarray(np.asarray(x), dtype=np.float64)
 
 
+def float64_array(x: Any) -> jax.Array:
+    """``x`` as a float64 JAX array: converted on the host (exactly, by :func:`f64`) and put on
+    the device, so no XLA program is compiled per shape and dtype (``jnp.asarray`` of a NumPy
+    array compiles one); call it under ``jax.enable_x64(True)``."""
+    return jax.device_put(f64(x))
+
+
 def float64_copies(values: tuple) -> tuple:
-    """The float entries of ``values`` as float64 arrays (converted on the host, exactly, by
-    :func:`f64`), the others unchanged; call it under ``jax.enable_x64(True)``."""
-    return tuple(jnp.asarray(f64(v)) if is_float(v) else v for v in values)
+    """The float entries of ``values`` as :func:`float64_array` copies, the others unchanged;
+    call it under ``jax.enable_x64(True)``."""
+    return tuple(float64_array(v) if is_float(v) else v for v in values)
 
 
 def is_float(x: Any) -> bool:
