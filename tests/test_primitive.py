@@ -1,18 +1,22 @@
 """``manual_bp.as_primitive``: every registered rule with a jvp, under every transformation,
 equals the same transformation of the independent reference forward, in float64.
 
-Per audit-table row (its first shape), one jitted program computes, for the primitive and for
-the reference alike: ``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``, ``jax.jacrev``,
-``jax.grad`` of ⟨c, f⟩, ``jax.hessian`` of it in the first differentiable primal,
-Hessian-vector products forward over reverse and reverse over reverse, ``vmap`` of ``grad``
-and of ``jvp`` over two stacked inputs, and ``lax.scan`` of ``grad`` over them. Tangents,
-cotangents and directions are random. The first row of each rule is checked by default, the
-other rows (settings) in the slow sweep. Then: the gradient's jaxpr holds the handwritten
-``<rule>_bwd`` primitive and the tangent's ``<rule>_jvp``, and a rule with a planted wrong
+Per audit-table row (its first shape), one jitted float64 program (compiled at LLVM level
+0, ``_compare.FLOAT64_PROGRAM``) computes, for the primitive and for the reference alike:
+``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``, ``jax.jacrev``, ``jax.grad`` of ⟨c, f⟩,
+``jax.hessian`` of it in the first differentiable primal, Hessian-vector products forward
+over reverse and reverse over reverse, ``vmap`` of ``grad`` and of ``jvp`` over two stacked
+inputs, and ``lax.scan`` of ``grad`` over them. Tangents, cotangents and directions are
+random. The first row of each rule is checked by default, the other rows (settings) in the
+slow sweep; a row's default test reads the sweep's results when both are selected. Then: the
+gradient's jaxpr holds the handwritten ``<rule>_bwd`` primitive and the tangent's
+``<rule>_jvp``, and a rule with a planted wrong
 bwd (or jvp) makes ``jax.grad`` (or ``jax.jvp``) of the primitive wrong.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +25,7 @@ import pytest
 from jax import lax
 
 import manual_bp
+from _compare import FLOAT64_PROGRAM
 from manual_bp import RULES, Rule
 from manual_bp.verify.oracles import bind, reference_forward
 from manual_bp.verify.table import F64, ROWS
@@ -42,11 +47,13 @@ FIRST_ORDER = ("out", "jvp", "grad", "vmap_grad")
 FULL = ("tanh", "dense", "conv2d", "rnn", "last_step")
 
 
-def _transformations(fn, primals, diff, keys):
-    """The transformations ``keys`` of ``fn`` in the differentiable primals, as one jitted
-    function of (diff primals, tangents, cotangent, directions, a second set of diff primals)."""
+def _transformations(fns, primals, diff, keys):
+    """The transformations ``keys`` of each of ``fns`` in the differentiable primals, as one
+    jitted function of (diff primals, tangents, cotangent, directions, a second set of diff
+    primals) returning one dict per function (one compile for the primitive and the
+    reference together; float64 only, so compiled as :data:`FLOAT64_PROGRAM`)."""
 
-    def run(d, t, c, v, d2):
+    def transformations(fn, d, t, c, v, d2):
         f = bind(fn, primals, diff)
         argnums = tuple(range(len(d)))
         loss = lambda *d: jnp.vdot(c, f(*d))  # noqa: E731
@@ -72,7 +79,10 @@ def _transformations(fn, primals, diff, keys):
         }
         return {k: every[k]() for k in keys}
 
-    return jax.jit(run)
+    def run(*args):
+        return tuple(transformations(fn, *args) for fn in fns)
+
+    return jax.jit(run, compiler_options=FLOAT64_PROGRAM)
 
 
 ALL = (
@@ -106,40 +116,64 @@ def _compare_trees(got, want, what):
     return bad
 
 
-def _check_row(row, keys):
+@functools.cache
+def _check_row(row, keys) -> dict[str, list[str]]:
+    """The transformations ``keys`` of the primitive against the reference's at the row's
+    first shape: the findings per transformation (cached, so that the default test of a row
+    reads the full sweep's results when both run in this process)."""
     rule = RULES[row.rule]
     primals, d, t, v, d2, rng = _case(row)
     ours = manual_bp.as_primitive(rule, **row.static)
     ref = reference_forward(rule)
     theirs = lambda *p: ref(*p, **row.static)  # noqa: E731
     c = jnp.asarray(rng.standard_normal(jax.eval_shape(ours, *primals).shape), F64)
-    got = _transformations(ours, primals, row.diff, keys)(d, t, c, v, d2)
-    want = _transformations(theirs, primals, row.diff, keys)(d, t, c, v, d2)
-    return [b for k in keys for b in _compare_trees({k: got[k]}, {k: want[k]}, "the reference")]
+    got, want = _transformations((ours, theirs), primals, row.diff, keys)(d, t, c, v, d2)
+    return {k: _compare_trees({k: got[k]}, {k: want[k]}, "the reference") for k in keys}
 
 
-@pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in FIRST.values()])
-def test_every_rule_first_order(row):
-    """jax.jvp, jax.grad and vmap(grad) of the primitive equal the reference's, every rule."""
-    bad = _check_row(row, FIRST_ORDER)
+def _findings(row, keys, computed=None) -> list[str]:
+    """The findings of ``keys``, read from the results of ``computed`` keys (a superset)."""
+    bad = _check_row(row, keys if computed is None else computed)
+    return [b for k in keys for b in bad[k]]
+
+
+def _every_transformation_id(row) -> str:
+    return f"test_every_transformation_matches_the_reference[{row.id}]"
+
+
+@pytest.fixture
+def sweeps_selected(request) -> set[str]:
+    """The names of the selected ``test_every_transformation_matches_the_reference`` cases."""
+    return {item.name for item in request.session.items if item.module is request.module}
+
+
+def _grouped(row, *marks):
+    """A case of ``row``, run next to the row's other case in this module (tests/conftest.py
+    orders a ``table_row`` group together), so that both read one evaluation."""
+    group = pytest.mark.table_row(f"primitive:{row.id}")
+    return pytest.param(row, id=row.id, marks=(group, *marks))
+
+
+@pytest.mark.parametrize("row", [_grouped(r) for r in FIRST.values()])
+def test_every_rule_first_order(row, sweeps_selected):
+    """jax.jvp, jax.grad and vmap(grad) of the primitive equal the reference's, every rule
+    (read from the row's full sweep when that is selected too: the same seed and inputs)."""
+    full = _every_transformation_id(row) in sweeps_selected
+    bad = _findings(row, FIRST_ORDER, ALL if full else None)
     assert not bad, f"{row.id}: " + "; ".join(bad)
 
 
 @pytest.mark.parametrize(
     "row",
     [
-        pytest.param(
-            row,
-            id=row.id,
-            marks=() if FIRST[row.rule] is row and row.rule in FULL else pytest.mark.slow,
-        )
+        _grouped(row, *(() if FIRST[row.rule] is row and row.rule in FULL else [pytest.mark.slow]))
         for row in WITH_JVP
     ],
 )
 def test_every_transformation_matches_the_reference(row):
     """All twelve transformations (second order included): the FULL rules by default, every
     row of the table in the slow sweep."""
-    bad = _check_row(row, ALL)
+    bad = _findings(row, ALL)
     assert not bad, f"{row.id}: " + "; ".join(bad)
 
 
