@@ -11,14 +11,6 @@ import numpy as np
 
 from manual_bp.verify import tolerance_for
 
-FLOAT64_PROGRAM = {"xla_backend_optimization_level": 0}
-"""``compiler_options`` for a jitted test program whose every value is float64: LLVM level 0
-compiles such programs about twice as fast as the suite's level 1 (tests/conftest.py). Its
-float64 results differ from level 1's by rounding (measured: at most 10 ulp in tanh), far
-inside ``tolerance_for(float64)``; a program with float32 or bfloat16 values keeps level 1,
-since level 0's float32 tanh loses accuracy near saturation (gelu's σ'' and the GRU's
-gradients at |x| ~ 1e3 then fail their tolerances)."""
-
 
 def rng_for(*key) -> np.random.Generator:
     """A generator seeded from the test case's identity, so every case draws its own values."""

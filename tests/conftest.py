@@ -7,6 +7,11 @@ Compiled programs are kept in a persistent compilation cache in a fresh folder f
 shared by the pytest-xdist workers and by the subprocesses the tests start (through the
 ``JAX_*`` environment variables they inherit), and removed when the run ends. A hit loads the
 executable XLA compiled for the same program in another process, so results are unchanged.
+
+A program whose floating-point values are all float64 compiles at LLVM's level 0 (see
+``_level_0_for_float64``); one with any float32, bfloat16 or float16 value keeps level 1. A test
+that asserts two compiled programs give the same bits is marked ``bitwise`` and compiles at
+level 1 throughout.
 """
 
 import os
@@ -18,8 +23,9 @@ import tempfile
 # with XLA's classic loop emitters instead of the fusion emitters, the rule table's programs
 # compile about 1.6x faster than at level 1 alone (itself about 1.7x faster than 2). None
 # of these allow reassociation or fast math. (Level 0 goes further but changes float32 tanh
-# by more than rounding, so it is not used.) Set before JAX starts its backend; the
-# subprocesses the tests start inherit them. A flag the caller already set keeps its value.
+# by more than rounding, so it is used for float64 programs only: _level_0_for_float64.) Set
+# before JAX starts its backend; the subprocesses the tests start inherit them. A flag the
+# caller already set keeps its value.
 _FLAGS = {
     "--xla_backend_optimization_level": "1",
     "--xla_llvm_disable_expensive_passes": "true",
@@ -48,6 +54,41 @@ _filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
 _filters += [f"ignore:{message}" for message in CACHE_WARNINGS]
 os.environ["PYTHONWARNINGS"] = ",".join(dict.fromkeys(_filters))
 
+import re  # noqa: E402
+
+from jax._src import compiler as _compiler  # noqa: E402
+
+# XLA's CPU backend at LLVM level 0 compiles a float64 program about twice as fast as at
+# level 1, with results that differ from level 1's by rounding (measured on 4e5 points: at
+# most 10 ulp in tanh, 2 in exp, sigmoid and softplus), far inside tolerance_for(float64).
+# Its float32 tanh is worse near saturation (gelu's σ'' and the GRU's gradients at |x| ~ 1e3
+# then fail their float32 tolerances), so a program with any narrower float type keeps
+# level 1. The choice is made on the program's MLIR text just before JAX compiles it (a jit's
+# own compiler_options and a level the caller set in XLA_FLAGS win); the persistent cache's
+# key includes it. (jax._src.compiler is JAX's internal module: without the function the
+# suite runs as before, at level 1.)
+_NARROW_FLOAT = re.compile(r"(?:\d+x|<|\b)(?:bf16|f16|f32|tf32|f8E\w+)\b")
+_LEVEL = "xla_backend_optimization_level"
+_level_0 = {"on": f"--{_LEVEL}=" not in _given}
+_compile_or_get_cached = getattr(_compiler, "compile_or_get_cached", None)
+
+
+def _level_0_for_float64(backend, computation, devices, compile_options, *args, **kwargs):
+    """JAX's ``compile_or_get_cached``, with LLVM level 0 for a program whose floating-point
+    values are all float64."""
+    overrides = compile_options.env_option_overrides
+    if (
+        _level_0["on"]
+        and _LEVEL not in dict(overrides)
+        and not _NARROW_FLOAT.search(str(computation))
+    ):
+        compile_options.env_option_overrides = [*overrides, (_LEVEL, 0)]
+    return _compile_or_get_cached(backend, computation, devices, compile_options, *args, **kwargs)
+
+
+if _compile_or_get_cached is not None:
+    _compiler.compile_or_get_cached = _level_0_for_float64
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -62,14 +103,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Each rule-table row's tests (marked ``table_row``) one after another, at the place of
-    the row's first test; everything else keeps its order. pytest-xdist hands out consecutive
-    tests in chunks, so a row's tests mostly run on one worker, which compiles the row's one
-    program (``rule_table.row_results``) once."""
+    """The tests of each ``together`` group (a rule-table row, the tests sharing a built wheel)
+    one after another, at the place of the group's first test; everything else keeps its
+    order. pytest-xdist hands out consecutive tests in chunks, so a group's tests mostly run
+    on one worker, which compiles the row's one program (``rule_table.row_results``) or
+    builds the shared fixture once."""
     first: dict[str, int] = {}
     place = []
     for i, item in enumerate(items):
-        mark = item.get_closest_marker("table_row")
+        mark = item.get_closest_marker("together")
         place.append(first.setdefault(mark.args[0], i) if mark else i)
     order = sorted(range(len(items)), key=lambda i: (place[i], i))
     items[:] = [items[i] for i in order]
@@ -87,3 +129,20 @@ def _release_compiled_programs():
     on disk keeps them for any later hit)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _bitwise_tests_at_level_1(request):
+    """A test marked ``bitwise`` compiles at level 1 throughout (JAX's in-memory caches are
+    cleared before and after, so no level-0 executable of its programs is reused): it asserts
+    that two compiled programs give the same bits, which XLA keeps at level 1 for them."""
+    if request.node.get_closest_marker("bitwise") is None:
+        yield
+        return
+    jax.clear_caches()
+    _level_0["on"], was = False, _level_0["on"]
+    try:
+        yield
+    finally:
+        _level_0["on"] = was
+        jax.clear_caches()

@@ -1,16 +1,15 @@
 """``manual_bp.as_primitive``: every registered rule with a jvp, under every transformation,
 equals the same transformation of the independent reference forward, in float64.
 
-Per audit-table row (its first shape), one jitted float64 program (compiled at LLVM level
-0, ``_compare.FLOAT64_PROGRAM``) computes, for the primitive and for the reference alike:
-``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``, ``jax.jacrev``, ``jax.grad`` of ⟨c, f⟩,
-``jax.hessian`` of it in the first differentiable primal, Hessian-vector products forward
-over reverse and reverse over reverse, ``vmap`` of ``grad`` and of ``jvp`` over two stacked
-inputs, and ``lax.scan`` of ``grad`` over them. Tangents, cotangents and directions are
-random. The first row of each rule is checked by default, the other rows (settings) in the
-slow sweep; a row's default test reads the sweep's results when both are selected. Then: the
-gradient's jaxpr holds the handwritten ``<rule>_bwd`` primitive and the tangent's
-``<rule>_jvp``, and a rule with a planted wrong
+Per audit-table row (its first shape), one jitted float64 program computes, for the
+primitive and for the reference alike: ``jax.jvp``, ``jax.linearize``, ``jax.jacfwd``,
+``jax.jacrev``, ``jax.grad`` of ⟨c, f⟩, ``jax.hessian`` of it in the first differentiable
+primal, Hessian-vector products forward over reverse and reverse over reverse, ``vmap`` of
+``grad`` and of ``jvp`` over two stacked inputs, and ``lax.scan`` of ``grad`` over them.
+Tangents, cotangents and directions are random. The first row of each rule is checked by
+default, the other rows (settings) in the slow sweep; a row's default test reads the sweep's
+results when both are selected. Then: the gradient's jaxpr holds the handwritten
+``<rule>_bwd`` primitive and the tangent's ``<rule>_jvp``, and a rule with a planted wrong
 bwd (or jvp) makes ``jax.grad`` (or ``jax.jvp``) of the primitive wrong.
 """
 
@@ -25,7 +24,6 @@ import pytest
 from jax import lax
 
 import manual_bp
-from _compare import FLOAT64_PROGRAM
 from manual_bp import RULES, Rule
 from manual_bp.verify.oracles import bind, reference_forward
 from manual_bp.verify.table import F64, ROWS
@@ -51,7 +49,7 @@ def _transformations(fns, primals, diff, keys):
     """The transformations ``keys`` of each of ``fns`` in the differentiable primals, as one
     jitted function of (diff primals, tangents, cotangent, directions, a second set of diff
     primals) returning one dict per function (one compile for the primitive and the
-    reference together; float64 only, so compiled as :data:`FLOAT64_PROGRAM`)."""
+    reference together)."""
 
     def transformations(fn, d, t, c, v, d2):
         f = bind(fn, primals, diff)
@@ -82,7 +80,7 @@ def _transformations(fns, primals, diff, keys):
     def run(*args):
         return tuple(transformations(fn, *args) for fn in fns)
 
-    return jax.jit(run, compiler_options=FLOAT64_PROGRAM)
+    return jax.jit(run)
 
 
 ALL = (
@@ -149,8 +147,8 @@ def sweeps_selected(request) -> set[str]:
 
 def _grouped(row, *marks):
     """A case of ``row``, run next to the row's other case in this module (tests/conftest.py
-    orders a ``table_row`` group together), so that both read one evaluation."""
-    group = pytest.mark.table_row(f"primitive:{row.id}")
+    orders a ``together`` group), so that both read one evaluation."""
+    group = pytest.mark.together(f"primitive:{row.id}")
     return pytest.param(row, id=row.id, marks=(group, *marks))
 
 

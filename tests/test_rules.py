@@ -46,7 +46,7 @@ from rule_table import (
 def _grouped(row, *values, id):
     """A case of ``row``, run next to the row's other cases (tests/conftest.py), so that an
     xdist worker handed one of them mostly gets them all and compiles the row's program once."""
-    return pytest.param(row, *values, id=id, marks=pytest.mark.table_row(row.id))
+    return pytest.param(row, *values, id=id, marks=pytest.mark.together(row.id))
 
 
 CASES = [

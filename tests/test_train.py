@@ -228,6 +228,7 @@ def test_fit_carries_batch_norm_state_and_dropout_keys(digits):
             assert_close(got, want, jnp.float64, f"{bn} running statistics", tol=tol)
 
 
+@pytest.mark.bitwise
 def test_fit_taps_record_the_norms_of_the_step_itself(digits):
     """One full-batch step per epoch: the recorded norms are those of that step's delta,
     gradient and layer outputs, recomputed here from the reference's jax.grad and a numpy

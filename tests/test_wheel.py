@@ -24,7 +24,8 @@ import pytest
 import public_api
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# One worker builds the wheel and installs it, for all of the module's tests.
+pytestmark = [pytest.mark.slow, pytest.mark.together("wheel")]
 
 
 def run(*argv, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
