@@ -32,6 +32,12 @@ _FLAGS = {
     "--xla_cpu_use_fusion_emitters": "false",
 }
 _given = os.environ.get("XLA_FLAGS", "")
+# Whether float64 programs compile at level 0 (_level_0_for_float64): decided where XLA_FLAGS
+# is first completed (the controller, or a run without xdist), from the caller's own flags,
+# and inherited by the workers, whose XLA_FLAGS already hold the level set here.
+_LEVEL = "xla_backend_optimization_level"
+_LEVEL_0_ENV = "MANUAL_BP_TESTS_FLOAT64_LEVEL_0"
+os.environ.setdefault(_LEVEL_0_ENV, "0" if f"--{_LEVEL}=" in _given else "1")
 _extra = [f"{name}={value}" for name, value in _FLAGS.items() if f"{name}=" not in _given]
 os.environ["XLA_FLAGS"] = " ".join([_given, *_extra]).strip()
 
@@ -68,8 +74,7 @@ from jax._src import compiler as _compiler  # noqa: E402
 # key includes it. (jax._src.compiler is JAX's internal module: without the function the
 # suite runs as before, at level 1.)
 _NARROW_FLOAT = re.compile(r"(?:\d+x|<|\b)(?:bf16|f16|f32|tf32|f8E\w+)\b")
-_LEVEL = "xla_backend_optimization_level"
-_level_0 = {"on": f"--{_LEVEL}=" not in _given}
+_level_0 = {"on": os.environ[_LEVEL_0_ENV] == "1"}
 _compile_or_get_cached = getattr(_compiler, "compile_or_get_cached", None)
 
 

@@ -19,10 +19,13 @@ def test_a_run_lists_its_files_with_their_compiles(pytester, monkeypatch, tmp_pa
     monkeypatch.setattr(compile_profile, "_rows", [])  # the inner run's rows stay its own
     pytester.makepyfile(
         test_two_compiles="""
+        import time
+
         import jax
         import jax.numpy as jnp
 
         def test_it():
+            time.sleep(0.1)  # a wall time the table's one decimal shows
             f = jax.jit(lambda x: jnp.sin(x) * 3.0)
             assert float(f(jnp.float32(0.5))) != 0.0
             assert float(jax.jit(lambda x: x + 1.5)(jnp.float32(0.5))) == 2.0
